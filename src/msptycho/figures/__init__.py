@@ -1,0 +1,1 @@
+"""Figures: one function per figure, each writing a PNG (matplotlib, Agg back end)."""
