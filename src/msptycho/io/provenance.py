@@ -173,3 +173,39 @@ def atomic_h5(path: str | os.PathLike, provenance: Provenance | None = None):
             if provenance is not None:
                 f.attrs.update(provenance.to_attrs())
             yield f
+
+
+def manifest(rules_by_output: dict[str, str], project_dir: str | os.PathLike = ".") -> dict:
+    """The workflow's audit trail: every output with its sha256, the rule that made it and, for
+    HDF5 files, the provenance recorded inside (parameters, input hashes, seed, time).
+
+    Parameters
+    ----------
+    rules_by_output : dict
+        ``{output path: rule name}``.
+    project_dir : path
+        Checkout whose git revision is recorded.
+    """
+    entries = []
+    for path in sorted(rules_by_output):
+        entry = {"path": str(path), "rule": rules_by_output[path], "sha256": sha256_file(path),
+                 "bytes": os.path.getsize(path)}
+        if str(path).endswith(".h5"):
+            with h5py.File(path, "r") as f:
+                if PROVENANCE_PREFIX + "rule" in f.attrs:
+                    p = Provenance.from_attrs(f.attrs)
+                    entry["provenance"] = {"params": p.params, "inputs_sha256": p.inputs_sha256,
+                                           "seed": p.seed, "created_utc": p.created_utc,
+                                           "git_revision": p.git_revision}
+        entries.append(entry)
+    return {"created_utc": utc_now(), "git_revision": git_revision(project_dir),
+            "versions": package_versions(), "outputs": entries}
+
+
+def write_manifest(path: str | os.PathLike, rules_by_output: dict[str, str],
+                   project_dir: str | os.PathLike = ".") -> dict:
+    """Write :func:`manifest` as JSON, atomically; returns it."""
+    m = manifest(rules_by_output, project_dir)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
+    return m

@@ -1,0 +1,20 @@
+# msptycho: 4D-STEM of core-shell nanoparticles -> 3-D strain, core and dislocation maps.
+# Rules live in workflow/rules/*.smk, one file per stage; shared helpers in common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/provenance.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+        "results/provenance.json",
+    default_target: True

@@ -1,0 +1,63 @@
+# Shared helpers: config validation, sample table, input functions.
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+PROJECT_DIR = Path(workflow.basedir)
+
+# Scripts run in their own interpreter (and, under --sdm conda, in an env without msptycho
+# installed): put the library on their path once, here.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(PROJECT_DIR / "src"), os.environ.get("PYTHONPATH", "")) if p
+)
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+SAMPLES = sorted(config["samples"])
+SYNTHETIC = sorted(s for s, v in config["samples"].items() if v["source"] == "synthetic")
+
+
+wildcard_constraints:
+    sample="|".join(SAMPLES) if SAMPLES else "NOSAMPLE",
+
+
+def sample_config(wildcards):
+    return config["samples"][wildcards.sample]
+
+
+def raw_datacube(wildcards):
+    """The raw 4D-STEM file of a sample: the simulator's output or the user's file."""
+    s = config["samples"][wildcards.sample]
+    if s["source"] == "synthetic":
+        return f"results/{wildcards.sample}/00_raw/datacube.h5"
+    return s["path"]
+
+
+def ingest_params(wildcards):
+    """Reader settings of a sample (format, dataset, calibration, 4D Camera options)."""
+    s = config["samples"][wildcards.sample]
+    if s["source"] == "synthetic":
+        return {"format": "canonical"}
+    keys = ("format", "dataset", "calibration", "drop_flyback_column", "bin_factor")
+    return {k: s[k] for k in keys if k in s}
+
+
+# Rules whose outputs the default target builds, with the samples each runs for. Extended by
+# the stage files as they are included; provenance.smk and `rule all` come last.
+PRODUCT_RULES = {}
+
+
+def outputs_by_rule():
+    """{output path: rule name} for every product of the default target."""
+    out = {}
+    for name, samples in PRODUCT_RULES.items():
+        for f in expand(list(getattr(rules, name).output), sample=samples):
+            out[f] = name
+    return out
+
+
+def final_outputs():
+    """Every per-sample product the default target builds, sorted."""
+    return sorted(outputs_by_rule())
