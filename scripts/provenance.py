@@ -1,4 +1,7 @@
 """Rule provenance: results/provenance.json lists every output, its sha256 and its rule."""
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # the library, also in envs without msptycho installed
 from msptycho.io.provenance import write_manifest
 from msptycho.logs import setup_logging
 

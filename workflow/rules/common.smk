@@ -1,16 +1,5 @@
 # Shared helpers: config validation, sample table, input functions.
-import os
-from pathlib import Path
-
 from snakemake.utils import validate
-
-PROJECT_DIR = Path(workflow.basedir)
-
-# Scripts run in their own interpreter (and, under --sdm conda, in an env without msptycho
-# installed): put the library on their path once, here.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(PROJECT_DIR / "src"), os.environ.get("PYTHONPATH", "")) if p
-)
 
 
 validate(config, schema="../schemas/config.schema.yaml")
