@@ -1,0 +1,328 @@
+"""Readers: each format round-trips against data this project did not write, and bad input fails
+with one sentence naming the file and the field, leaving no output behind.
+
+Fixtures: ``py4dstem_0.14.18_datacube.h5`` was written by ``py4DSTEM.save`` (py4DSTEM 0.14.18)
+and ``stempy_3.6.0_sparse.h5`` by ``stempy.io.SparseArray.write_to_hdf5`` (stempy 3.6.0), with
+the generator scripts in ``tools/fixtures``; their ``*_expected.npz`` hold the array given to
+py4DSTEM and stempy's own dense expansions. Generic HDF5 and npy inputs are written here with
+h5py/numpy directly.
+"""
+import json
+import shutil
+from dataclasses import asdict
+
+import h5py
+import numpy as np
+import pytest
+
+from msptycho.io import InputError, Provenance, read_datacube, read_provenance
+from msptycho.io.readers import _SparseSource, ingest_to_canonical
+from msptycho.physics import wavelength_A
+
+EMD = "py4dstem_0.14.18_datacube.h5"
+SPARSE = "stempy_3.6.0_sparse.h5"
+CAL = {"energy_eV": 300e3, "semiangle_mrad": 25.0, "scan_step_A": 0.8, "mrad_per_pixel": 0.5}
+
+
+def cube(shape=(3, 4, 6, 8), seed=0, dtype=np.uint16):
+    return np.random.default_rng(seed).poisson(5.0, size=shape).astype(dtype)
+
+
+def same_cal(a, b):
+    """Calibrations equal field by field (NaN equals NaN: an unknown dose stays unknown)."""
+    da, db = asdict(a), asdict(b)
+    return da.keys() == db.keys() and all(
+        np.array_equal(np.asarray(da[k], float), np.asarray(db[k], float), equal_nan=True) for k in da)
+
+
+def assert_no_output(tmp_path, out):
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+def assert_sentence(err, path, *words):
+    msg = str(err.value)
+    assert "\n" not in msg and msg.endswith("."), msg
+    assert str(path) in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+# ------------------------------------------------------------------------------ round trips
+
+def test_emd_written_by_py4dstem_round_trips_with_its_calibration(data_dir, tmp_path):
+    exp = np.load(data_dir / "py4dstem_0.14.18_datacube_expected.npz")
+    out = tmp_path / "c.h5"
+    cal = ingest_to_canonical(data_dir / EMD, "emd", out, calibration={"energy_eV": 300e3})
+    data, cal_read = read_datacube(out)
+    np.testing.assert_array_equal(data, exp["data"])           # (8, 9, 20, 20) float32
+    assert same_cal(cal_read, cal)
+    assert cal.energy_eV == 300e3                              # py4DSTEM stores none: from config
+    assert cal.mrad_per_pixel == float(exp["Q_pixel_size"]) == 1.25
+    assert cal.scan_step_A == float(exp["R_pixel_size"]) == 0.37
+    assert cal.scan_rotation_deg == float(exp["QR_rotation_degrees"]) == -12.5
+    assert cal.semiangle_mrad == float(exp["convergence_semiangle_mrad"]) == 21.4
+    assert cal.detector_center_px == (9.6, 10.3)
+
+
+def test_emd_config_values_override_the_file(data_dir, tmp_path):
+    cal = ingest_to_canonical(data_dir / EMD, "emd", tmp_path / "c.h5", dataset="datacube_root/datacube",
+                              calibration={"energy_eV": 200e3, "semiangle_mrad": 30.0})
+    assert (cal.semiangle_mrad, cal.scan_step_A) == (30.0, 0.37)
+
+
+def test_emd_inverse_angstrom_and_nm_units_are_converted(data_dir, tmp_path):
+    src = tmp_path / "inv.h5"
+    shutil.copy(data_dir / EMD, src)
+    with h5py.File(src, "r+") as f:
+        g = f["datacube_root/metadatabundle/calibration"]
+        for name, value in (("Q_pixel_units", "A^-1"), ("R_pixel_units", "nm")):
+            del g[name]
+            g.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    cal = ingest_to_canonical(src, "emd", tmp_path / "c.h5", calibration={"energy_eV": 300e3})
+    assert cal.mrad_per_pixel == pytest.approx(1.25 * wavelength_A(300e3) * 1e3)   # 0.0246 mrad
+    assert cal.scan_step_A == pytest.approx(3.7)
+
+
+def test_emd_without_energy_names_the_field(data_dir, tmp_path):
+    out = tmp_path / "c.h5"
+    with pytest.raises(InputError) as e:
+        ingest_to_canonical(data_dir / EMD, "emd", out)
+    assert_sentence(e, data_dir / EMD, "energy_eV")
+    assert_no_output(tmp_path, out)
+
+
+def test_emd_with_flipped_axes_is_refused(data_dir, tmp_path):
+    src = tmp_path / "flip.h5"
+    shutil.copy(data_dir / EMD, src)
+    with h5py.File(src, "r+") as f:
+        g = f["datacube_root/metadatabundle/calibration"]
+        del g["QR_flip"]
+        g.create_dataset("QR_flip", data=True)
+    with pytest.raises(InputError) as e:
+        ingest_to_canonical(src, "emd", tmp_path / "c.h5", calibration={"energy_eV": 3e5})
+    assert_sentence(e, src, "QR_flip")
+
+
+@pytest.mark.parametrize("flyback, bin_factor, key, shape", [
+    (False, 1, "dense", (6, 9, 16, 16)),
+    (True, 1, "dense_noflyback", (6, 8, 16, 16)),
+    (True, 2, "dense_noflyback_bin2", (6, 8, 8, 8)),
+])
+def test_4dcamera_written_by_stempy_matches_stempys_own_expansion(data_dir, tmp_path, flyback,
+                                                                  bin_factor, key, shape):
+    exp = np.load(data_dir / "stempy_3.6.0_sparse_expected.npz")[key]
+    out = tmp_path / "c.h5"
+    cal = ingest_to_canonical(data_dir / SPARSE, "4dcamera", out, calibration=CAL,
+                              drop_flyback_column=flyback, bin_factor=bin_factor, rows_per_block=4)
+    data, _ = read_datacube(out)
+    assert data.shape == exp.shape == shape
+    np.testing.assert_array_equal(data, exp)
+    assert data.sum() > 1000                                  # ~60 electrons per position
+    assert cal.mrad_per_pixel == 0.5 * bin_factor
+    # default centre (8, 8) of the 16 x 16 detector maps to (8.5 / b - 0.5)
+    assert cal.detector_center_px == (8.5 / bin_factor - 0.5,) * 2
+
+
+def test_4dcamera_is_densified_one_block_of_rows_at_a_time(data_dir, tmp_path, monkeypatch):
+    seen = []
+    orig = _SparseSource.read_rows
+
+    def spy(self, r0, r1):
+        block = orig(self, r0, r1)
+        seen.append(block.shape)
+        return block
+
+    monkeypatch.setattr(_SparseSource, "read_rows", spy)
+    ingest_to_canonical(data_dir / SPARSE, "4dcamera", tmp_path / "c.h5", calibration=CAL,
+                        rows_per_block=1)
+    assert seen == [(1, 9, 16, 16)] * 6                       # never more than one scan row
+
+
+def _write_old_stempy(path, events, positions, scan_nx, scan_ny, frame_shape, version=None):
+    """The stempy layout before version 3 (``save_electron_counts`` of stempy 1.x/2.x): frame
+    ``i`` belongs to scan position ``scan_positions[i]``; no ``version`` attribute."""
+    with h5py.File(path, "w") as f:
+        if version is not None:
+            f.attrs["version"] = version
+        g = f.create_group("electron_events")
+        sp = g.create_dataset("scan_positions", data=np.asarray(positions, dtype=np.int32))
+        sp.attrs["Nx"], sp.attrs["Ny"] = scan_nx, scan_ny
+        fr = g.create_dataset("frames", (len(events),), dtype=h5py.vlen_dtype(np.uint32))
+        fr.attrs["Nx"], fr.attrs["Ny"] = frame_shape
+        for i, e in enumerate(events):
+            fr[i] = np.asarray(e, dtype=np.uint32)
+
+
+def test_4dcamera_old_layout_with_unordered_and_repeated_positions(tmp_path):
+    rng = np.random.default_rng(3)
+    scan_nx, scan_ny, fshape = 5, 4, (6, 10)                  # 4 rows x 5 columns; 6 x 10 frames
+    positions = np.concatenate([rng.permutation(20), rng.integers(0, 20, 7)])
+    events = [rng.integers(0, 60, rng.integers(0, 9)) for _ in positions]   # duplicates allowed
+    expected = np.zeros((4, 5, 6, 10), np.float32)
+    for p, e in zip(positions, events):
+        for pix in e:
+            expected[p // 5, p % 5, pix // 10, pix % 10] += 1  # index p -> (p // Ny, p % Ny)
+    src = tmp_path / "old.h5"
+    _write_old_stempy(src, events, positions, scan_nx, scan_ny, fshape)
+    ingest_to_canonical(src, "4dcamera", tmp_path / "c.h5", calibration=CAL, rows_per_block=3)
+    np.testing.assert_array_equal(read_datacube(tmp_path / "c.h5")[0], expected)
+
+
+def test_generic_hdf5_with_named_dataset_and_config_calibration(tmp_path):
+    data = cube()
+    src = tmp_path / "raw.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("entry/data/counts", data=data, chunks=(1, 4, 6, 8))
+        f.create_dataset("entry/data/other", data=np.zeros(3))
+    out = tmp_path / "c.h5"
+    cal = ingest_to_canonical(src, "hdf5", out, dataset="entry/data/counts",
+                              calibration={**CAL, "scan_rotation_deg": 3.0,
+                                           "detector_center_px": [2.5, 3.5], "dose_e_per_A2": 1e4},
+                              rows_per_block=2)
+    got, cal2 = read_datacube(out)
+    np.testing.assert_array_equal(got, data.astype(np.float32))
+    assert same_cal(cal2, cal) and cal.detector_center_px == (2.5, 3.5) and cal.dose_e_per_A2 == 1e4
+    # the only 4-D dataset is found without naming it
+    ingest_to_canonical(src, "hdf5", tmp_path / "d.h5", calibration=CAL)
+    np.testing.assert_array_equal(read_datacube(tmp_path / "d.h5")[0], data)
+
+
+def test_generic_hdf5_binning_sums_pixels(tmp_path):
+    data = cube((2, 3, 6, 8), dtype=np.float32)
+    src = tmp_path / "raw.h5"
+    with h5py.File(src, "w") as f:
+        f["d"] = data
+    cal = ingest_to_canonical(src, "hdf5", tmp_path / "c.h5", calibration={**CAL, "detector_center_px": (2.5, 3.5)},
+                              bin_factor=2, drop_flyback_column=True)
+    got = read_datacube(tmp_path / "c.h5")[0]
+    np.testing.assert_allclose(got, data[:, :2].reshape(2, 2, 3, 2, 4, 2).sum(axis=(3, 5)))
+    assert cal.detector_center_px == (1.0, 1.5) and cal.mrad_per_pixel == 1.0
+
+
+def test_npy_and_npz(tmp_path):
+    data = cube(dtype=np.int32)
+    np.save(tmp_path / "a.npy", data)
+    np.savez(tmp_path / "b.npz", counts=data, other=np.zeros(2))
+    ingest_to_canonical(tmp_path / "a.npy", "npy", tmp_path / "a.h5", calibration=CAL, rows_per_block=1)
+    ingest_to_canonical(tmp_path / "b.npz", "npy", tmp_path / "b.h5", calibration=CAL, dataset="counts")
+    for name in ("a.h5", "b.h5"):
+        np.testing.assert_array_equal(read_datacube(tmp_path / name)[0], data)
+
+
+def test_canonical_is_rewritten_with_new_provenance(data_dir, tmp_path):
+    first = tmp_path / "first.h5"
+    ingest_to_canonical(data_dir / EMD, "emd", first, calibration={"energy_eV": 300e3})
+    prov = Provenance.collect("reingest", params={"why": "test"}, inputs=[first], seed=7)
+    cal = ingest_to_canonical(first, "canonical", tmp_path / "second.h5", provenance=prov)
+    a, cal_a = read_datacube(first)
+    b, cal_b = read_datacube(tmp_path / "second.h5")
+    np.testing.assert_array_equal(a, b)
+    assert same_cal(cal_a, cal_b) and same_cal(cal_b, cal)
+    p = read_provenance(tmp_path / "second.h5")
+    assert p.rule == "reingest" and p.seed == 7 and str(first) in p.inputs_sha256
+
+
+def test_default_provenance_records_the_call(tmp_path):
+    np.save(tmp_path / "a.npy", cube())
+    ingest_to_canonical(tmp_path / "a.npy", "npy", tmp_path / "a.h5", calibration=CAL, bin_factor=2)
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f.attrs["provenance_rule"] == "ingest"
+        params = json.loads(f.attrs["provenance_params"])
+    assert params["format"] == "npy" and params["bin_factor"] == 2
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def _h5(path, data, name="d"):
+    with h5py.File(path, "w") as f:
+        f[name] = data
+    return path
+
+
+def _truncate(path, fraction=0.5):
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(int(size * fraction))
+    return path
+
+
+def _bad_cases(tmp, data_dir):
+    nan = cube(dtype=np.float32)
+    nan[2, 1, 3, 3] = np.nan                                   # in the last block of rows
+    neg = cube(dtype=np.int16)
+    neg[1, 0, 0, 0] = -4
+    cases = {
+        "missing file": (tmp / "nope.h5", "hdf5", {}, "does not exist"),
+        "missing dataset": (_h5(tmp / "m.h5", cube()), "hdf5", {"dataset": "entry/x"}, "entry/x"),
+        "missing npz key": (tmp / "k.npz", "npy", {"dataset": "counts"}, "counts"),
+        "wrong rank": (_h5(tmp / "r.h5", np.zeros((4, 6, 8))), "hdf5", {"dataset": "d"}, "3 dimensions"),
+        "wrong rank npy": (tmp / "r.npy", "npy", {}, "3 dimensions"),
+        "NaN counts": (_h5(tmp / "n.h5", nan), "hdf5", {"rows_per_block": 1}, "NaN"),
+        "negative counts": (tmp / "neg.npy", "npy", {}, "negative"),
+        "complex counts": (_h5(tmp / "c.h5", cube().astype(np.complex64)), "hdf5", {}, "complex"),
+        "missing calibration": (_h5(tmp / "mc.h5", cube()), "hdf5",
+                                {"calibration": {k: v for k, v in CAL.items() if k != "scan_step_A"}},
+                                "scan_step_A"),
+        "bad calibration": (_h5(tmp / "bc.h5", cube()), "hdf5",
+                            {"calibration": {**CAL, "energy_eV": -1.0}}, "energy_eV"),
+        "unknown calibration key": (_h5(tmp / "uk.h5", cube()), "hdf5",
+                                    {"calibration": {**CAL, "energy_keV": 300}}, "energy_keV"),
+        "empty scan": (_h5(tmp / "e.h5", np.zeros((0, 4, 6, 8))), "hdf5", {}, "empty scan"),
+        "truncated hdf5": (_truncate(_h5(tmp / "t.h5", cube((6, 6, 16, 16)))), "hdf5", {}, "HDF5"),
+        "corrupt hdf5": (tmp / "junk.h5", "hdf5", {}, "HDF5"),
+        "truncated npy": (tmp / "t.npy", "npy", {}, "npy"),
+        "truncated emd": (_truncate(shutil.copy(data_dir / EMD, tmp / "t_emd.h5")), "emd",
+                          {"calibration": {"energy_eV": 3e5}}, "EMD"),
+        "not emd": (_h5(tmp / "ne.h5", cube()), "emd", {"calibration": {"energy_eV": 3e5}}, "emd_group_type"),
+        "truncated 4dcamera": (_truncate(shutil.copy(data_dir / SPARSE, tmp / "t_sp.h5"), 0.7),
+                               "4dcamera", {}, "HDF5"),
+        "4dcamera scan position out of range": (tmp / "oor.h5", "4dcamera", {}, "scan_positions"),
+        "4dcamera pixel out of range": (tmp / "pix.h5", "4dcamera", {}, "pixel index 999"),
+        "4dcamera missing attribute": (tmp / "na.h5", "4dcamera", {}, "'Nx'"),
+        "4dcamera empty scan": (tmp / "es.h5", "4dcamera", {}, "empty scan"),
+        "4dcamera missing frames": (_h5(tmp / "mf.h5", np.zeros(3), "electron_events/scan_positions"),
+                                    "4dcamera", {}, "electron_events/frames"),
+        "bin factor": (_h5(tmp / "bf.h5", cube()), "hdf5", {"bin_factor": 4}, "bin_factor"),
+        "fly-back of a single column": (_h5(tmp / "fb.h5", cube((3, 1, 6, 8))), "hdf5",
+                                        {"drop_flyback_column": True}, "fly-back"),
+        "unknown format": (_h5(tmp / "uf.h5", cube()), "mrc", {}, "format"),
+    }
+    np.savez(tmp / "k.npz", other=cube())
+    np.save(tmp / "r.npy", np.zeros((4, 6, 8)))
+    np.save(tmp / "neg.npy", neg)
+    np.save(tmp / "t.npy", cube((6, 6, 16, 16)))
+    _truncate(tmp / "t.npy")
+    (tmp / "junk.h5").write_bytes(np.random.default_rng(1).bytes(4000))
+    _write_old_stempy(tmp / "oor.h5", [[1, 2], [3]], [0, 999], 2, 1, (4, 4))
+    _write_old_stempy(tmp / "pix.h5", [[1, 2], [999]], [0, 1], 2, 1, (4, 4))
+    _write_old_stempy(tmp / "na.h5", [[1, 2], [3]], [0, 1], 2, 1, (4, 4))
+    with h5py.File(tmp / "na.h5", "r+") as f:
+        del f["electron_events/frames"].attrs["Nx"]
+    _write_old_stempy(tmp / "es.h5", [], [], 0, 0, (4, 4), version=3)
+    return cases
+
+
+BAD = ["missing file", "missing dataset", "missing npz key", "wrong rank", "wrong rank npy",
+       "NaN counts", "negative counts", "complex counts", "missing calibration", "bad calibration",
+       "unknown calibration key", "empty scan", "truncated hdf5", "corrupt hdf5", "truncated npy",
+       "truncated emd", "not emd", "truncated 4dcamera", "4dcamera scan position out of range",
+       "4dcamera pixel out of range", "4dcamera missing attribute", "4dcamera empty scan",
+       "4dcamera missing frames", "bin factor", "fly-back of a single column", "unknown format"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gets_one_sentence_and_no_output(case, tmp_path, data_dir):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    src, fmt, kw, word = _bad_cases(inputs, data_dir)[case]
+    kw = dict(kw)
+    kw["calibration"] = kw.get("calibration", CAL)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    out = outdir / "datacube.h5"
+    with pytest.raises(InputError) as e:
+        ingest_to_canonical(src, fmt, out, **kw)
+    assert_sentence(e, src, word)
+    assert list(outdir.iterdir()) == []                       # neither the file nor a temporary
