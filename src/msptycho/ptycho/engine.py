@@ -1,0 +1,454 @@
+"""Gradient-descent multislice ptychography: the iteration loop.
+
+The maths lives in :mod:`msptycho.ptycho.forward` (geometry, probe, propagator, aberration fit)
+and the kernels in a backend (:class:`msptycho.ptycho.kernels_cpu.CPUBackend`); this module only
+orders them. Gradients are hand-derived (Wirtinger calculus, ``dL = Re <g, dz>``):
+
+* detector: amplitude loss ``g_Psi = 2 (Psi - a Psi/|Psi|)``, Poisson ``2 Psi (1 - a^2/|Psi|^2)``;
+* unitary FFTs and propagators: the adjoint is the inverse (conjugate propagator);
+* transmission ``phi = psi * T``: ``g_psi = conj(T) g_phi`` and, with ``T = exp(i sigma V)``,
+  ``dL/dV = sigma Im(conj(psi) conj(T) g_phi)`` scattered into the object window;
+* probe ``psi_0 = IFFT(P_k ramp)``: ``g_P = sum_b conj(ramp_b) FFT(g_psi0_b)``;
+* sub-pixel position: ``dL/df = 2 pi sum k Im(conj(FFT(g_psi0)) P_k ramp)``.
+
+Steps are Gauss-Newton-like: the object update is divided by ``2 sigma^2 nz (I + r max I)``
+with ``I`` the batch's illumination of each pixel of the slice, the probe's by ``2 nb`` and a
+position's by ``2 sum (2 pi k)^2 |P_k|^2`` (halved again for the Poisson loss, whose curvature is
+twice the amplitude loss's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import physics
+from ..io.datacube import Calibration, InputError, check_counts
+from . import forward as fw
+from .kernels_cpu import CPUBackend
+from .parameters import ReconstructionParameters, ReconstructionResult
+
+LOG = logging.getLogger("msptycho.ptycho")
+
+
+class MultisliceEngine:
+    """State and work arrays of one reconstruction (everything preallocated).
+
+    Parameters
+    ----------
+    amplitudes : ndarray float32 (N, n, n)
+        Square roots of the measured patterns in numpy FFT order (zero frequency at [0, 0]).
+    probe_k : ndarray complex64 (n, n)
+        Initial probe, unitary FFT of the centred real-space probe.
+    positions_px : ndarray float64 (N, 2)
+        Initial positions in object pixels.
+    object_shape : (int, int)
+    sigma : float
+        Interaction constant, rad/(V*A).
+    propagator_k : ndarray complex64 (n, n)
+        Fresnel propagator over one slice.
+    params : ReconstructionParameters
+    fourier_amplitude : ndarray float (n, n), optional
+        Target Fourier amplitude of the probe (numpy FFT order).
+    aberration_basis, chi : ndarray, optional
+        Basis and initial phase surface (see :func:`forward.fit_aberration_surface`).
+    backend : object, optional
+        FFTs and kernels (default :class:`CPUBackend`).
+    """
+
+    def __init__(self, amplitudes, probe_k, positions_px, object_shape, sigma, propagator_k, params,
+                 fourier_amplitude=None, aberration_basis=None, chi=None, backend=None):
+        self.p = params
+        self.be = backend or CPUBackend(params.fft_workers)
+        self.amps = amplitudes
+        self.N, self.n = amplitudes.shape[0], amplitudes.shape[1]
+        n, nz = self.n, params.num_slices
+        B = min(params.batch_size, self.N)
+        self.B, self.nz = B, nz
+        self.sigma = float(sigma)
+        self.h = np.ascontiguousarray(propagator_k, dtype=np.complex64)
+        self.hc = np.conj(self.h)
+        self.kx, self.ky = fw.window_frequencies(n)
+        self.obj_shape = tuple(object_shape)
+        # state
+        self.V = np.zeros((nz,) + self.obj_shape, dtype=np.float32)
+        self.Pk = np.ascontiguousarray(probe_k, dtype=np.complex64).copy()
+        self.pos = np.array(positions_px, dtype=np.float64)
+        fw.clip_positions(self.pos, self.obj_shape, n)
+        self.pos_initial = self.pos.copy()
+        self.famp = None if fourier_amplitude is None else np.asarray(fourier_amplitude, dtype=np.float64)
+        self.basis = aberration_basis
+        self.chi = None if chi is None else np.array(chi, dtype=np.float64)
+        self.step_scale = 1.0
+        self.history = {"error": [], "loss": [], "step": [], "seconds": []}
+        self.iteration = 0
+        # work arrays
+        self.psi = np.zeros((nz, B, n, n), dtype=np.complex64)
+        self.trans = np.zeros((nz, B, n, n), dtype=np.complex64)
+        self.g = np.zeros((B, n, n), dtype=np.complex64)
+        self.rampx = np.zeros((B, n), dtype=np.complex64)
+        self.rampy = np.zeros((B, n), dtype=np.complex64)
+        self.corners = np.zeros((B, 2), dtype=np.int64)
+        self.frac = np.zeros((B, 2), dtype=np.float64)
+        self.err = np.zeros(B, dtype=np.float64)
+        self.loss = np.zeros(B, dtype=np.float64)
+        self.grad2d = np.zeros(self.obj_shape, dtype=np.float32)
+        self.illum2d = np.zeros(self.obj_shape, dtype=np.float32)
+        self.row_lo = np.zeros(self.obj_shape[0], dtype=np.int64)
+        self.row_hi = np.zeros(self.obj_shape[0], dtype=np.int64)
+        self.rowmax = np.zeros(self.obj_shape[0], dtype=np.float32)
+        self.gPk = np.zeros((n, n), dtype=np.complex64)
+        self.gpos = np.zeros((B, 2), dtype=np.float64)
+        self.tv_work = (np.zeros_like(self.V) if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0)
+                        else None)
+        self.sum_a2 = float(np.sum(np.square(amplitudes, dtype=np.float64)))
+        self.curv = 1.0 if params.loss == "amplitude" else 2.0
+
+    # -- one mini-batch -------------------------------------------------------------------------
+    def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
+              gradients=None) -> tuple[float, float]:
+        """Forward model, loss and hand-derived gradients of positions ``idx``; update the state.
+
+        With ``gradients`` (a dict) nothing is updated: the object gradient (nz, Nx, Ny),
+        probe gradient (n, n) and position gradients (nb, 2; per pixel) are stored in it.
+
+        Returns
+        -------
+        err, loss : float
+            Sums over the batch of ``(|Psi| - a)^2`` and of the loss.
+        """
+        be, K = self.be, self.be
+        nb = len(idx)
+        nz = self.nz
+        fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
+        corners = self.corners[:nb]
+        K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
+        psi0 = self.psi[0, :nb]
+        K.incident(self.Pk, self.rampx, self.rampy, psi0)
+        be.ifft2(psi0)
+        g = self.g[:nb]
+        for s in range(nz):
+            out = self.psi[s + 1, :nb] if s < nz - 1 else g
+            K.transmit(self.psi[s, :nb], self.V[s], corners, self.sigma, self.trans[s, :nb], out)
+            if s < nz - 1:
+                be.fft2(out)
+                K.multiply(out, self.h)
+                be.ifft2(out)
+        be.fft2(g)
+        K.residual(g, self.amps, idx, self.p.loss == "poisson", self.err, self.loss)
+        err = float(np.sum(self.err[:nb]))
+        loss = float(np.sum(self.loss[:nb]))
+        be.ifft2(g)
+        coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
+        for s in range(nz - 1, -1, -1):
+            K.back_slice(g, self.psi[s, :nb], self.trans[s, :nb], corners, nb, self.sigma,
+                         self.grad2d, self.illum2d, self.row_lo, self.row_hi)
+            if gradients is not None:
+                if "object" not in gradients:
+                    gradients["object"] = np.zeros_like(self.V)
+                K.copy_gradient(gradients["object"][s], self.grad2d, self.illum2d, self.row_lo, self.row_hi)
+            else:
+                K.row_max(self.illum2d, self.row_lo, self.row_hi, self.rowmax)
+                floor = self.p.illumination_regularization_fraction * float(self.rowmax.max())
+                K.update_object(self.V[s], self.grad2d, self.illum2d, self.row_lo, self.row_hi,
+                                coef if update_object else 0.0, floor)
+            if s > 0:
+                be.fft2(g)
+                K.multiply(g, self.hc)
+                be.ifft2(g)
+        if gradients is None and not (update_probe or update_positions):
+            return err, loss
+        be.fft2(g)
+        if gradients is not None or update_positions:
+            K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, nb, self.gpos)
+        if gradients is not None or update_probe:
+            K.probe_gradient(g, self.rampx, self.rampy, nb, self.gPk)
+        if gradients is not None:
+            gradients["probe"] = self.gPk.copy()
+            gradients["positions"] = self.gpos[:nb].copy()
+            return err, loss
+        if update_positions:
+            self._move_positions(idx, nb)
+        if update_probe:
+            c = self.p.probe_step_size * self.step_scale / (2 * nb * self.curv)
+            np.multiply(self.gPk, np.float32(c), out=self.gPk)
+            np.subtract(self.Pk, self.gPk, out=self.Pk)
+        return err, loss
+
+    def _move_positions(self, idx, nb):
+        a2 = (np.abs(self.Pk) ** 2).astype(np.float64)
+        cx = float(np.sum((2 * np.pi * self.kx[:, None]) ** 2 * a2))
+        cy = float(np.sum((2 * np.pi * self.ky[None, :]) ** 2 * a2))
+        d = -self.p.position_step_size * self.gpos[:nb] / (2 * self.curv * np.array([cx, cy]))
+        lim = self.p.position_max_update_A / self.sampling_A
+        np.clip(d, -lim, lim, out=d)
+        self.pos[idx] += d
+        fw.clip_positions(self.pos, self.obj_shape, self.n)
+
+    sampling_A = 1.0  # set by reconstruct(); only used for the position damping
+
+    # -- one iteration --------------------------------------------------------------------------
+    def run_iteration(self) -> float:
+        """One pass over all positions in a seeded random order, then the constraints."""
+        it = self.iteration
+        t0 = time.perf_counter()
+        p = self.p
+        order = np.random.default_rng([p.seed, it]).permutation(self.N)
+        up_probe = it >= p.probe_update_start_iteration
+        up_pos = p.position_correction and it >= p.position_correction_start_iteration
+        err = loss = 0.0
+        for start in range(0, self.N, self.B):
+            e, l = self.batch(order[start:start + self.B], True, up_probe, up_pos)
+            err += e
+            loss += l
+        self.apply_constraints(up_probe, up_pos)
+        err /= self.sum_a2
+        step = p.step_size * self.step_scale
+        if self.history["error"] and err > self.history["error"][-1]:
+            self.step_scale *= p.step_size_reduction_factor
+        dt = time.perf_counter() - t0
+        self.history["error"].append(err)
+        self.history["loss"].append(loss)
+        self.history["step"].append(step)
+        self.history["seconds"].append(dt)
+        self.iteration += 1
+        return err
+
+    def apply_constraints(self, probe_updated: bool, positions_updated: bool) -> None:
+        p = self.p
+        if self.tv_work is not None:
+            self.be.tv_step(self.V, self.tv_work, float(p.tv_z_weight_VA), float(p.tv_xy_weight_VA),
+                            float(p.tv_epsilon_VA))
+        if p.positivity:
+            self.be.clip_negative(self.V)
+        if probe_updated:
+            amp = self.famp if (p.probe_fourier_amplitude_constraint and self.famp is not None) else None
+            if p.probe_aberration_fit_order >= 2 and self.basis is not None:
+                a = amp if amp is not None else np.abs(self.Pk).astype(np.float64)
+                mask = a > 0.05 * a.max()
+                self.Pk[...], self.chi = fw.fit_aberration_surface(self.Pk, self.chi, self.basis, mask, a)
+            elif amp is not None:
+                self.Pk[...] = (amp * np.exp(1j * np.angle(self.Pk))).astype(np.complex64)
+        if positions_updated and p.position_affine_fit:
+            self.pos[...] = affine_fit(self.pos_initial, self.pos)
+            fw.clip_positions(self.pos, self.obj_shape, self.n)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"potential_VA": self.V, "probe_k": self.Pk, "positions_px": self.pos,
+                "chi": self.chi if self.chi is not None else np.zeros(0),
+                "iteration": self.iteration, "step_scale": self.step_scale,
+                "error": np.array(self.history["error"]), "loss": np.array(self.history["loss"]),
+                "step": np.array(self.history["step"]), "seconds": np.array(self.history["seconds"])}
+
+    def load_state(self, st: dict) -> None:
+        self.V[...] = st["potential_VA"]
+        self.Pk[...] = st["probe_k"]
+        self.pos[...] = st["positions_px"]
+        if self.chi is not None and np.size(st["chi"]):
+            self.chi = np.array(st["chi"], dtype=np.float64)
+        self.iteration = int(st["iteration"])
+        self.step_scale = float(st["step_scale"])
+        for k in ("error", "loss", "step", "seconds"):
+            self.history[k] = [float(v) for v in st[k]]
+
+
+def affine_fit(initial: np.ndarray, refined: np.ndarray) -> np.ndarray:
+    """Least-squares global affine map of ``initial`` onto ``refined`` (both (N, 2)), evaluated at
+    ``initial``."""
+    a = np.hstack([initial, np.ones((len(initial), 1))])
+    coef, *_ = np.linalg.lstsq(a, refined, rcond=None)
+    return a @ coef
+
+
+# -- public entry point ---------------------------------------------------------------------------
+
+def prepare_amplitudes(datacube: np.ndarray, center_px, source: str = "datacube") -> np.ndarray:
+    """``sqrt`` of the patterns, re-centred and ``ifftshift``-ed to numpy FFT order, float32 (N, n, n).
+
+    A detector centre other than ``(n // 2, n // 2)`` is moved there by a whole-pixel roll.
+    """
+    rx, ry, qx, qy = datacube.shape
+    out = np.empty((rx * ry, qx, qy), dtype=np.float32)
+    shift = (qx // 2 - int(round(center_px[0])), qy // 2 - int(round(center_px[1])))
+    for i in range(rx):
+        block = np.asarray(datacube[i], dtype=np.float32)
+        if shift != (0, 0):
+            block = np.roll(block, shift, axis=(1, 2))
+        block = np.fft.ifftshift(block, axes=(1, 2))
+        np.sqrt(block, out=out[i * ry:(i + 1) * ry])
+    return out
+
+
+def _fingerprint(params: ReconstructionParameters, *arrays) -> str:
+    d = params.to_dict()
+    for k in ("num_iterations", "checkpoint_every", "fft_workers"):
+        d.pop(k)
+    h = hashlib.sha256(repr(sorted(d.items())).encode())
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def reconstruct(datacube, calibration: Calibration, params: ReconstructionParameters | None = None, *,
+                initial_aberrations: physics.Aberrations | None = None, initial_probe=None,
+                initial_positions_A=None, vacuum_probe_intensity=None, checkpoint_path=None,
+                logger: logging.Logger | None = None, backend=None) -> ReconstructionResult:
+    """Multislice ptychographic reconstruction by mini-batch gradient descent.
+
+    Parameters
+    ----------
+    datacube : ndarray (Rx, Ry, Qx, Qy)
+        Diffraction intensities (counts), patterns ``|fftshift(fft2(exit))|^2`` as in the
+        canonical datacube; ``Qx == Qy`` is the reconstruction window.
+    calibration : Calibration
+        Energy (eV), semi-angle (mrad), scan step (A), detector sampling (mrad/pixel), scan
+        rotation (deg), detector centre (pixels).
+    params : ReconstructionParameters, optional
+    initial_aberrations : Aberrations, optional
+        Initial probe aberrations (defocus sign of :mod:`msptycho.physics`); zero if omitted.
+    initial_probe : ndarray complex (Qx, Qy), optional
+        Initial real-space probe centred on pixel ``(Qx // 2, Qy // 2)`` (any scale); overrides
+        ``initial_aberrations`` for the probe itself (they still seed the phase fit).
+    initial_positions_A : ndarray (Rx * Ry, 2) or (Rx, Ry, 2), optional
+        Initial positions (x, y) in Angstrom in the scan frame; the nominal grid if omitted.
+    vacuum_probe_intensity : ndarray (Qx, Qy), optional
+        Vacuum probe pattern (same detector and centring as the datacube, any scale): Fourier
+        amplitude of the initial probe and target of the Fourier-amplitude constraint.
+    checkpoint_path : path, optional
+        Checkpoint file: written every ``params.checkpoint_every`` iterations; if it exists and
+        matches the data and parameters, the run resumes from it.
+    logger : logging.Logger, optional
+        Receives one line per iteration (default ``msptycho.ptycho``).
+    backend : object, optional
+        FFTs and kernels (default :class:`~msptycho.ptycho.kernels_cpu.CPUBackend`).
+
+    Returns
+    -------
+    ReconstructionResult
+
+    Raises
+    ------
+    InputError
+        If an input has the wrong shape or holds NaN or negative values.
+    """
+    from ..io import reconstruction as rio
+
+    log = logger or LOG
+    params = (params or ReconstructionParameters()).validate()
+    cal = calibration
+    if not isinstance(cal, Calibration):
+        raise InputError(f"reconstruct: 'calibration' is a {type(cal).__name__}; expected a msptycho.io.Calibration.")
+    datacube = np.asarray(datacube) if not hasattr(datacube, "shape") else datacube
+    if len(datacube.shape) != 4 or min(datacube.shape) < 1:
+        raise InputError(f"reconstruct: field 'datacube' has shape {tuple(datacube.shape)}; expected a non-empty (Rx, Ry, Qx, Qy) array.")
+    rx, ry, qx, qy = datacube.shape
+    if qx != qy:
+        raise InputError(f"reconstruct: field 'datacube' has a {qx}x{qy} detector; expected a square detector (Qx == Qy).")
+    cal = cal.with_center((qx, qy)).validate("reconstruct")
+    n = qx
+    amps = prepare_amplitudes(datacube, cal.detector_center_px)
+    check_counts(amps, "reconstruct", "datacube")
+    N = rx * ry
+    mean_counts = float(np.sum(np.square(amps, dtype=np.float64)) / N)
+    if not mean_counts > 0:
+        raise InputError("reconstruct: field 'datacube' holds no counts; expected diffraction patterns with signal.")
+
+    energy = cal.energy_eV
+    lam = physics.wavelength_A(energy)
+    sampling = physics.realspace_sampling_A(n, cal.mrad_per_pixel, energy)
+    sigma = physics.interaction_constant(energy)
+
+    if initial_positions_A is None:
+        pos_A = fw.scan_positions_A((rx, ry), cal.scan_step_A, cal.scan_rotation_deg)
+    else:
+        pos_A = np.asarray(initial_positions_A, dtype=np.float64).reshape(-1, 2)
+        if pos_A.shape != (N, 2) or not np.all(np.isfinite(pos_A)):
+            raise InputError(f"reconstruct: field 'initial_positions_A' has shape {np.shape(initial_positions_A)}; expected ({rx}*{ry}, 2) finite values in Angstrom.")
+    obj_shape, origin = fw.object_geometry(pos_A, sampling, n, params.object_margin_px)
+
+    famp = None
+    if vacuum_probe_intensity is not None:
+        vac = np.asarray(vacuum_probe_intensity, dtype=np.float64)
+        if vac.shape != (n, n) or not np.all(np.isfinite(vac)) or vac.min() < 0 or vac.sum() <= 0:
+            raise InputError(f"reconstruct: field 'vacuum_probe_intensity' has shape {vac.shape}; expected a finite non-negative ({n}, {n}) pattern with counts.")
+        shift = (n // 2 - int(round(cal.detector_center_px[0])), n // 2 - int(round(cal.detector_center_px[1])))
+        vac = np.fft.ifftshift(np.roll(vac, shift, axis=(0, 1)))
+        famp = np.sqrt(vac * mean_counts / vac.sum())
+
+    if initial_probe is not None:
+        pr = np.asarray(initial_probe)
+        if pr.shape != (n, n) or not np.all(np.isfinite(pr)):
+            raise InputError(f"reconstruct: field 'initial_probe' has shape {pr.shape}; expected a finite complex ({n}, {n}) array.")
+        pk = np.fft.fft2(pr.astype(np.complex128), norm="ortho")
+        pk = (pk * np.sqrt(mean_counts / np.sum(np.abs(pk) ** 2))).astype(np.complex64)
+    else:
+        pk = fw.probe_from_aberrations(n, sampling, energy, cal.semiangle_mrad, initial_aberrations,
+                                       mean_counts, famp)
+    if famp is None and params.probe_fourier_amplitude_constraint:
+        famp = np.abs(pk).astype(np.float64)
+
+    basis = chi = None
+    if params.probe_aberration_fit_order >= 2:
+        basis, terms = fw.aberration_basis(n, sampling, lam, params.probe_aberration_fit_order)
+        kx, ky = physics.spatial_frequencies((n, n), sampling)
+        chi = physics.aberration_function(kx, ky, lam, initial_aberrations or physics.Aberrations())
+        chi = np.broadcast_to(chi, (n, n)).copy()
+
+    h = fw.propagator(n, sampling, lam, params.slice_thickness_A)
+    eng = MultisliceEngine(amps, pk, fw.positions_to_pixels(pos_A, origin, sampling), obj_shape, sigma, h,
+                           params, famp, basis, chi, backend)
+    eng.sampling_A = sampling
+    chi0 = None if chi is None else chi.copy()
+
+    fp = None
+    if checkpoint_path is not None:
+        fp = _fingerprint(params, amps, pk, pos_A, famp)
+        cp = Path(checkpoint_path)
+        if cp.exists():
+            try:
+                st = rio.read_checkpoint(cp)
+            except (OSError, KeyError, InputError) as e:
+                log.warning("checkpoint %s unreadable (%s); starting afresh", cp, e)
+                st = None
+            if st is not None and st["fingerprint"] == fp and st["iteration"] <= params.num_iterations:
+                eng.load_state(st)
+                log.info("resumed from checkpoint %s at iteration %d", cp, eng.iteration)
+            elif st is not None:
+                log.warning("checkpoint %s belongs to other data or parameters; starting afresh", cp)
+
+    log.info("reconstruct: %d positions, window %d px at %.4f A, object %s x %d slices of %.2f A, batch %d, %s FFT workers",
+             N, n, sampling, obj_shape, params.num_slices, params.slice_thickness_A, eng.B, eng.be.name)
+    while eng.iteration < params.num_iterations:
+        err = eng.run_iteration()
+        it = eng.iteration
+        log.info("iteration %d/%d error %.6g loss %.6g step %.4g seconds %.3f", it, params.num_iterations,
+                 err, eng.history["loss"][-1], eng.history["step"][-1], eng.history["seconds"][-1])
+        if checkpoint_path is not None and params.checkpoint_every and it % params.checkpoint_every == 0:
+            rio.write_checkpoint(checkpoint_path, eng.state(), fp)
+
+    ab = {}
+    if chi is not None:
+        # coefficients of the fitted change relative to the initial surface (least squares)
+        m = (famp if famp is not None else np.abs(pk)) > 0
+        coef, *_ = np.linalg.lstsq(basis[:, m].T, (chi0 - eng.chi)[m], rcond=None)
+        ab = {f"{p_},{m_},{k_}": float(c) for (p_, m_, k_), c in zip(terms, -coef)}
+    probe = np.fft.ifft2(eng.Pk.astype(np.complex128), norm="ortho").astype(np.complex64)
+    return ReconstructionResult(
+        potential_VA=eng.V, sampling_A=float(sampling), slice_thickness_A=float(params.slice_thickness_A),
+        origin_A=np.asarray(origin, dtype=np.float64), probe=probe,
+        positions_initial_A=pos_A, positions_A=eng.pos * sampling + origin,
+        error_history=np.array(eng.history["error"]), loss_history=np.array(eng.history["loss"]),
+        step_history=np.array(eng.history["step"]), seconds_history=np.array(eng.history["seconds"]),
+        parameters=params, energy_eV=float(energy), semiangle_mrad=float(cal.semiangle_mrad),
+        scan_shape=(rx, ry), iterations_done=eng.iteration, aberrations_fit=ab)

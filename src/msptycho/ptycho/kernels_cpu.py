@@ -1,0 +1,354 @@
+"""Numba CPU kernels and the CPU backend of the multislice engine.
+
+Every kernel works on preallocated arrays (complex64 / float32) and writes its result in place;
+none allocates. Every reduction runs in a fixed order, so results are bit-identical from run to
+run with the same number of threads:
+
+* per-position work is parallel over positions (each thread owns its positions' windows);
+* scatter-adds into the object are parallel over *object rows*: a thread owns whole rows and
+  visits the batch's positions in their batch order, so no two threads write the same pixel and
+  the summation order never changes;
+* sums over positions (probe gradient) are parallel over window rows, sequential over positions.
+
+A GPU backend supplies the same functions (same signatures) and FFTs; the engine
+(:mod:`msptycho.ptycho.engine`) only calls them through a backend object.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from numba import njit, prange
+
+TWO_PI = np.float32(2 * np.pi)
+
+
+@njit(parallel=True, cache=True)
+def ramps(frac, kx, ky, rampx, rampy):
+    """Separable sub-pixel shift phase ramps.
+
+    ``rampx[b, i] = exp(-2 pi i kx[i] frac[b, 0])`` and likewise for y: the Fourier factor
+    that shifts a wave by ``frac[b]`` pixels (``kx``, ``ky`` in cycles per pixel).
+    """
+    nb = frac.shape[0]
+    for b in prange(nb):
+        fx = frac[b, 0]
+        fy = frac[b, 1]
+        for i in range(kx.shape[0]):
+            ph = -2.0 * np.pi * kx[i] * fx
+            rampx[b, i] = np.complex64(complex(math.cos(ph), math.sin(ph)))
+        for j in range(ky.shape[0]):
+            ph = -2.0 * np.pi * ky[j] * fy
+            rampy[b, j] = np.complex64(complex(math.cos(ph), math.sin(ph)))
+
+
+@njit(parallel=True, cache=True)
+def incident(probe_k, rampx, rampy, out):
+    """``out[b] = probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space shifted probes)."""
+    nb = out.shape[0]
+    n0, n1 = probe_k.shape
+    for b in prange(nb):
+        for i in range(n0):
+            rx = rampx[b, i]
+            for j in range(n1):
+                out[b, i, j] = probe_k[i, j] * rx * rampy[b, j]
+
+
+@njit(parallel=True, cache=True)
+def transmit(psi, potential, corners, sigma, trans, out):
+    """Transmission through one slice.
+
+    ``trans[b] = exp(i sigma V[window b])`` and ``out[b] = psi[b] * trans[b]``; the window of
+    position ``b`` starts at object pixel ``corners[b]``.
+    """
+    nb = psi.shape[0]
+    n0 = psi.shape[1]
+    n1 = psi.shape[2]
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = corners[b, 1]
+        for i in range(n0):
+            for j in range(n1):
+                ph = sigma * potential[x0 + i, y0 + j]
+                t = np.complex64(complex(math.cos(ph), math.sin(ph)))
+                trans[b, i, j] = t
+                out[b, i, j] = psi[b, i, j] * t
+
+
+@njit(parallel=True, cache=True)
+def multiply(a, h):
+    """``a[b] *= h`` for every ``b`` (Fresnel propagator in Fourier space)."""
+    nb = a.shape[0]
+    n0, n1 = h.shape
+    for b in prange(nb):
+        for i in range(n0):
+            for j in range(n1):
+                a[b, i, j] = a[b, i, j] * h[i, j]
+
+
+@njit(parallel=True, cache=True)
+def residual(wave_k, amplitudes, index, poisson, err, loss):
+    """Detector-plane residual: replace ``wave_k`` by the gradient of the loss with respect to it.
+
+    Amplitude loss ``sum (|Psi| - a)^2``: ``g = 2 (Psi - a Psi / |Psi|)``.
+    Poisson loss ``sum (|Psi|^2 - a^2 log |Psi|^2)``: ``g = 2 Psi (1 - a^2 / |Psi|^2)``.
+    ``err[b]`` receives the amplitude error ``sum (|Psi| - a)^2`` of position ``b`` and
+    ``loss[b]`` the value of the chosen loss (both float64, summed in a fixed order).
+    """
+    nb = wave_k.shape[0]
+    n0 = wave_k.shape[1]
+    n1 = wave_k.shape[2]
+    tiny = np.float32(1e-12)
+    two = np.float32(2.0)
+    for b in prange(nb):
+        e = 0.0
+        lo = 0.0
+        k = index[b]
+        for i in range(n0):
+            for j in range(n1):
+                w = wave_k[b, i, j]
+                m2 = w.real * w.real + w.imag * w.imag
+                m = np.float32(math.sqrt(m2))
+                a = amplitudes[k, i, j]
+                d = m - a
+                e += d * d
+                if poisson:
+                    a2 = a * a
+                    lo += m2 - a2 * math.log(m2 + tiny)
+                    wave_k[b, i, j] = two * w * (np.float32(1.0) - a2 / (m2 + tiny))
+                else:
+                    lo += d * d
+                    if m > 0:
+                        wave_k[b, i, j] = two * w * (np.float32(1.0) - a / m)
+                    else:
+                        wave_k[b, i, j] = two * w
+        err[b] = e
+        loss[b] = lo
+
+
+@njit(parallel=True, cache=True)
+def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi):
+    """Back-propagate through one slice's transmission and scatter the potential gradient.
+
+    On entry ``g[b]`` is the gradient with respect to the slice's exit wave; on exit it is the
+    gradient with respect to its incident wave, ``conj(trans) * g``. The potential gradient
+    ``sigma * Im(conj(psi) * conj(trans) * g)`` and the illumination ``|psi|^2`` are added into
+    ``grad`` and ``illum`` (object-sized, zero on entry where touched). Parallel over object rows;
+    within a row the positions are visited in batch order (deterministic). ``row_lo/row_hi``
+    receive the touched column span of each row (``lo >= hi`` when untouched).
+    """
+    nx = grad.shape[0]
+    ny = grad.shape[1]
+    n0 = g.shape[1]
+    n1 = g.shape[2]
+    for x in prange(nx):
+        lo = ny
+        hi = 0
+        for b in range(nb):
+            i = x - corners[b, 0]
+            if i < 0 or i >= n0:
+                continue
+            y0 = corners[b, 1]
+            if y0 < lo:
+                lo = y0
+            if y0 + n1 > hi:
+                hi = y0 + n1
+            for j in range(n1):
+                t = trans[b, i, j]
+                gg = g[b, i, j]
+                u = np.conj(t) * gg
+                g[b, i, j] = u
+                p = psi[b, i, j]
+                grad[x, y0 + j] += sigma * (p.real * u.imag - p.imag * u.real)
+                illum[x, y0 + j] += p.real * p.real + p.imag * p.imag
+        row_lo[x] = lo
+        row_hi[x] = hi
+
+
+@njit(parallel=True, cache=True)
+def row_max(illum, row_lo, row_hi, out):
+    """``out[x]`` = max of ``illum[x, lo:hi]`` over each row's touched span (0 if untouched)."""
+    for x in prange(illum.shape[0]):
+        m = np.float32(0.0)
+        for y in range(row_lo[x], row_hi[x]):
+            if illum[x, y] > m:
+                m = illum[x, y]
+        out[x] = m
+
+
+@njit(parallel=True, cache=True)
+def update_object(potential, grad, illum, row_lo, row_hi, coef, floor):
+    """``V -= coef * grad / (illum + floor)`` over the touched pixels, then zero ``grad``/``illum``
+    there (ready for the next batch)."""
+    for x in prange(potential.shape[0]):
+        for y in range(row_lo[x], row_hi[x]):
+            il = illum[x, y]
+            if il > 0:
+                potential[x, y] -= coef * grad[x, y] / (il + floor)
+            grad[x, y] = 0
+            illum[x, y] = 0
+
+
+@njit(parallel=True, cache=True)
+def copy_gradient(out, grad, illum, row_lo, row_hi):
+    """Copy the scattered gradient into ``out`` and zero ``grad``/``illum`` (gradient checks)."""
+    for x in prange(out.shape[0]):
+        for y in range(row_lo[x], row_hi[x]):
+            out[x, y] += grad[x, y]
+            grad[x, y] = 0
+            illum[x, y] = 0
+
+
+@njit(parallel=True, cache=True)
+def probe_gradient(g_k, rampx, rampy, nb, out):
+    """``out = sum_b conj(ramp_b) * g_k[b]``: gradient with respect to the Fourier probe.
+    Parallel over window rows, sequential over positions (deterministic)."""
+    n0 = out.shape[0]
+    n1 = out.shape[1]
+    for i in prange(n0):
+        for j in range(n1):
+            out[i, j] = 0
+        for b in range(nb):
+            rx = np.conj(rampx[b, i])
+            for j in range(n1):
+                out[i, j] += rx * np.conj(rampy[b, j]) * g_k[b, i, j]
+
+
+@njit(parallel=True, cache=True)
+def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
+    """Gradient of the loss with respect to each position's sub-pixel shift (per pixel).
+
+    With ``Q = probe_k * ramp_b`` (the incident wave in Fourier space) and ``G = g_k[b]``:
+    ``dL/df_x = 2 pi sum kx Im(conj(G) Q)`` and likewise for y.
+    """
+    n0 = g_k.shape[1]
+    n1 = g_k.shape[2]
+    for b in prange(nb):
+        sx = 0.0
+        sy = 0.0
+        for i in range(n0):
+            rx = rampx[b, i]
+            for j in range(n1):
+                q = probe_k[i, j] * rx * rampy[b, j]
+                gg = g_k[b, i, j]
+                im = gg.real * q.imag - gg.imag * q.real
+                sx += kx[i] * im
+                sy += ky[j] * im
+        out[b, 0] = 2.0 * np.pi * sx
+        out[b, 1] = 2.0 * np.pi * sy
+
+
+@njit(parallel=True, cache=True)
+def tv_step(potential, work, weight_z, weight_xy, eps):
+    """One gradient step on the smoothed total variation, separately along z and in x-y.
+
+    ``V <- V - weight_xy * dTV_xy/dV - weight_z * dTV_z/dV`` with
+    ``TV_xy = sum sqrt(dx^2 + dy^2 + eps^2)`` (isotropic, forward differences) and
+    ``TV_z = sum sqrt(dz^2 + eps^2)``. Each derivative is bounded by about 4 (x-y) and 2 (z),
+    so the weights are the largest change per call in V*A. ``work`` holds a copy of ``V``.
+    """
+    nz, nx, ny = potential.shape
+    for s in prange(nz):
+        for x in range(nx):
+            for y in range(ny):
+                work[s, x, y] = potential[s, x, y]
+    e2 = eps * eps
+    for sx in prange(nz * nx):
+        s = sx // nx
+        x = sx % nx
+        for y in range(ny):
+            w = work[s, x, y]
+            d = 0.0
+            if weight_xy > 0:
+                # own forward-difference vector
+                dx = work[s, x + 1, y] - w if x + 1 < nx else 0.0
+                dy = work[s, x, y + 1] - w if y + 1 < ny else 0.0
+                nrm = math.sqrt(dx * dx + dy * dy + e2)
+                d -= (dx + dy) / nrm
+                if x > 0:
+                    wx = work[s, x - 1, y]
+                    ddx = w - wx
+                    ddy = work[s, x - 1, y + 1] - wx if y + 1 < ny else 0.0
+                    d += ddx / math.sqrt(ddx * ddx + ddy * ddy + e2)
+                if y > 0:
+                    wy = work[s, x, y - 1]
+                    ddy = w - wy
+                    ddx = work[s, x + 1, y - 1] - wy if x + 1 < nx else 0.0
+                    d += ddy / math.sqrt(ddx * ddx + ddy * ddy + e2)
+                d *= weight_xy
+            if weight_z > 0 and nz > 1:
+                dz = 0.0
+                if s + 1 < nz:
+                    dd = work[s + 1, x, y] - w
+                    dz -= dd / math.sqrt(dd * dd + e2)
+                if s > 0:
+                    dd = w - work[s - 1, x, y]
+                    dz += dd / math.sqrt(dd * dd + e2)
+                d += weight_z * dz
+            potential[s, x, y] = w - d
+
+
+@njit(parallel=True, cache=True)
+def clip_negative(potential):
+    """``V = max(V, 0)`` in place."""
+    nz, nx, ny = potential.shape
+    for sx in prange(nz * nx):
+        s = sx // nx
+        x = sx % nx
+        for y in range(ny):
+            if potential[s, x, y] < 0:
+                potential[s, x, y] = 0
+
+
+def _pocketfft():
+    try:
+        from scipy.fft._pocketfft import pypocketfft  # private, but the only in-place entry
+        return pypocketfft
+    except ImportError:  # pragma: no cover
+        return None
+
+
+class CPUBackend:
+    """FFTs and kernels for the CPU.
+
+    FFTs are unitary (``norm="ortho"``), batched over the leading axis, in place, complex64:
+    scipy's pocketfft with ``workers`` threads writing into its input (no allocation); numpy's
+    ``fft2(out=...)`` is the fallback.
+
+    Parameters
+    ----------
+    workers : int
+        FFT threads; 0 means ``os.cpu_count()``.
+    """
+
+    name = "cpu"
+
+    def __init__(self, workers: int = 0):
+        self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
+        self._pfft = _pocketfft()
+        for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "row_max",
+                  "update_object", "copy_gradient", "probe_gradient", "position_gradient",
+                  "tv_step", "clip_negative"):
+            setattr(self, k, globals()[k])
+
+    def fft2(self, a: np.ndarray) -> None:
+        """Unitary forward 2-D FFT over the last two axes, in place."""
+        if self._pfft is not None:
+            self._pfft.c2c(a, (-2, -1), True, 1, a, self.workers)
+        else:  # pragma: no cover
+            np.fft.fft2(a, norm="ortho", out=a)
+
+    def ifft2(self, a: np.ndarray) -> None:
+        """Unitary inverse 2-D FFT over the last two axes, in place."""
+        if self._pfft is not None:
+            self._pfft.c2c(a, (-2, -1), False, 1, a, self.workers)
+        else:  # pragma: no cover
+            np.fft.ifft2(a, norm="ortho", out=a)
+
+    def asarray(self, a):
+        return a
+
+    def asnumpy(self, a):
+        return a
