@@ -326,3 +326,92 @@ def test_bad_input_gets_one_sentence_and_no_output(case, tmp_path, data_dir):
         ingest_to_canonical(src, fmt, out, **kw)
     assert_sentence(e, src, word)
     assert list(outdir.iterdir()) == []                       # neither the file nor a temporary
+
+
+# ------------------------------------------- ingest products: virtual detectors, overview figure
+
+def disk_coverage(shape, center_px, radius_px, oversample=16):
+    """Analytic disk: the fraction of each pixel (centre at its index) inside the circle."""
+    s = (np.arange(oversample) + 0.5) / oversample - 0.5
+    x = (np.arange(shape[0])[:, None] + s).ravel()
+    y = (np.arange(shape[1])[:, None] + s).ravel()
+    inside = (x[:, None] - center_px[0]) ** 2 + (y[None, :] - center_px[1]) ** 2 <= radius_px**2
+    return inside.reshape(shape[0], oversample, shape[1], oversample).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("center, radius", [((16.4, 15.7), 5.3), ((10.0, 20.2), 8.77),
+                                            ((31.2, 30.9), 12.1)])
+def test_bright_field_disk_of_an_analytic_disk(center, radius):
+    from msptycho.virtual import find_bright_field_disk
+    pattern = 100 * disk_coverage((64, 60), center, radius) + 2.0
+    d = find_bright_field_disk(pattern)
+    assert np.allclose(d.center_px, center, atol=0.01) and abs(d.radius_px - radius) < 0.01
+    noisy = np.random.default_rng(0).poisson(10 * pattern) / 10.0   # 1000 e/pixel in the disk
+    d = find_bright_field_disk(noisy)
+    assert np.allclose(d.center_px, center, atol=0.05) and abs(d.radius_px - radius) < 0.1
+    assert d.semiangle_mrad(0.5) == pytest.approx(0.5 * d.radius_px)
+
+
+def test_streamed_mean_pattern_and_virtual_images_equal_numpy(tmp_path):
+    from msptycho.virtual import annular_mask, mean_diffraction_pattern, virtual_images
+    data = cube((5, 4, 12, 10), dtype=np.float32)
+    m1 = annular_mask((12, 10), (5.5, 4.2), 0.0, 3.0)
+    m2 = annular_mask((12, 10), (5.5, 4.2), 3.0, np.inf)
+    assert m1.sum() + m2.sum() == 120 and not (m1 & m2).any()
+    for rows in (1, 2, None):
+        np.testing.assert_allclose(mean_diffraction_pattern(data, rows), data.astype(np.float64).mean(axis=(0, 1)), rtol=1e-12)
+        v = virtual_images(data, [m1, m2], rows)
+        np.testing.assert_allclose(v[0], data[..., m1].sum(-1, dtype=np.float64), rtol=1e-12)
+        np.testing.assert_allclose(v[1], data[..., m2].sum(-1, dtype=np.float64), rtol=1e-12)
+
+
+def test_virtual_bright_and_dark_field_of_an_analytic_scene(tmp_path):
+    """Disk of radius 4 at (11.3, 12.6) on 24 x 24; where a 'particle' sits (known scan
+    positions), 40 % of the disk's 1000 electrons move to a ring at radius 8."""
+    from msptycho.virtual import (find_bright_field_disk, mean_diffraction_pattern,
+                                  virtual_annular_dark_field, virtual_bright_field)
+    c, r = (11.3, 12.6), 4.0
+    disk = disk_coverage((24, 24), c, r)
+    ring = disk_coverage((24, 24), c, 9.0) - disk_coverage((24, 24), c, 7.0)
+    disk, ring = 1000 * disk / disk.sum(), 1000 * ring / ring.sum()
+    particle = np.zeros((6, 7), bool)
+    particle[2:4, 3:6] = True
+    f = 0.4 * particle[..., None, None]
+    data = ((1 - f) * disk + f * ring).astype(np.float32)
+    d = find_bright_field_disk(mean_diffraction_pattern(data))
+    assert np.allclose(d.center_px, c, atol=0.02) and abs(d.radius_px - r) < 0.02
+    bf = virtual_bright_field(data, d, radius_factor=1.25, rows_per_block=2)   # whole disk
+    adf = virtual_annular_dark_field(data, d, inner_factor=1.5, rows_per_block=2)  # whole ring
+    np.testing.assert_allclose(bf, np.where(particle, 600.0, 1000.0), rtol=1e-5)
+    np.testing.assert_allclose(adf, np.where(particle, 400.0, 0.0), atol=1e-3)
+
+
+def test_overview_of_the_py4dstem_file_and_its_figure(data_dir, tmp_path, monkeypatch):
+    import matplotlib.image
+    from matplotlib.figure import Figure
+
+    from msptycho.figures.overview import plot_ingest_overview
+    from msptycho.io import open_datacube
+    from msptycho.virtual import compute_overview
+    ingest_to_canonical(data_dir / EMD, "emd", tmp_path / "c.h5", calibration={"energy_eV": 3e5})
+    with open_datacube(tmp_path / "c.h5") as (dset, cal):
+        ov = compute_overview(dset, rows_per_block=3)
+    exp = np.load(data_dir / "py4dstem_0.14.18_datacube_expected.npz")
+    # the generator's disk: radius 4.5 px at (9.6, 10.3); its mean pattern mixes in a ring
+    assert np.allclose(ov.disk.center_px, (exp["qx0_mean"], exp["qy0_mean"]), atol=0.1)
+    assert abs(ov.disk.radius_px - float(exp["disk_radius_px"])) < 0.2
+    inside = ov.bright_field < np.median(ov.bright_field) * 0.7           # the particle
+    assert 8 <= inside.sum() <= 20
+    assert ov.annular_dark_field[inside].min() > 5 * ov.annular_dark_field[~inside].max()
+    png = plot_ingest_overview(ov, cal, tmp_path / "fig" / "overview.png", title="emd")
+    img = matplotlib.image.imread(png)
+    assert png.stat().st_size > 10_000 and img.shape[1] > 2 * img.shape[0]
+    assert sorted(p.name for p in png.parent.iterdir()) == ["overview.png"]
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", boom)
+    with pytest.raises(OSError):
+        plot_ingest_overview(ov, cal, tmp_path / "fig2" / "overview.png")
+    assert list((tmp_path / "fig2").iterdir()) == []
