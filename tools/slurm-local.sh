@@ -15,6 +15,9 @@ up() {
   if [ -e "$conf" ] && [ ! -L "$conf" ]; then
     echo "slurm-local.sh: $conf exists and is not ours; refusing to replace it" >&2; exit 3
   fi
+  if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+    echo "slurm-local.sh: a slurmctld or slurmd is already running here; stop it first" >&2; exit 3
+  fi
   if ! (munge -n 2>/dev/null | unmunge >/dev/null 2>&1); then
     mkdir -p /run/munge && chown munge:munge /run/munge
     su -s /bin/sh munge -c /usr/sbin/munged
