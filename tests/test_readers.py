@@ -85,6 +85,17 @@ def test_emd_inverse_angstrom_and_nm_units_are_converted(data_dir, tmp_path):
     assert cal.scan_step_A == pytest.approx(3.7)
 
 
+def test_emd_without_calibration_metadata_falls_back_on_dim_vectors(data_dir, tmp_path):
+    src = tmp_path / "nocal.h5"
+    shutil.copy(data_dir / EMD, src)
+    with h5py.File(src, "r+") as f:
+        del f["datacube_root/metadatabundle/calibration"]
+    cal = ingest_to_canonical(src, "emd", tmp_path / "c.h5", dataset="datacube_root/datacube/data",
+                              calibration={"energy_eV": 300e3, "semiangle_mrad": 20.0})
+    assert cal.scan_step_A == pytest.approx(0.37) and cal.mrad_per_pixel == pytest.approx(1.25)
+    assert cal.scan_rotation_deg == 0.0 and cal.detector_center_px == (10.0, 10.0)
+
+
 def test_emd_without_energy_names_the_field(data_dir, tmp_path):
     out = tmp_path / "c.h5"
     with pytest.raises(InputError) as e:
@@ -248,6 +259,18 @@ def _truncate(path, fraction=0.5):
     return path
 
 
+def _corrupt_chunk(path):
+    """gzip-compressed rows with the bytes of the last row's chunk overwritten: the file opens,
+    the first rows read, the last fails in the filter."""
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("d", data=cube((4, 4, 16, 16)), chunks=(1, 4, 16, 16), compression="gzip")
+        info = d.id.get_chunk_info(3)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    return path
+
+
 def _bad_cases(tmp, data_dir):
     nan = cube(dtype=np.float32)
     nan[2, 1, 3, 3] = np.nan                                   # in the last block of rows
@@ -272,6 +295,7 @@ def _bad_cases(tmp, data_dir):
         "empty scan": (_h5(tmp / "e.h5", np.zeros((0, 4, 6, 8))), "hdf5", {}, "empty scan"),
         "truncated hdf5": (_truncate(_h5(tmp / "t.h5", cube((6, 6, 16, 16)))), "hdf5", {}, "HDF5"),
         "corrupt hdf5": (tmp / "junk.h5", "hdf5", {}, "HDF5"),
+        "corrupt chunk": (_corrupt_chunk(tmp / "cc.h5"), "hdf5", {"rows_per_block": 1}, "scan rows 3..3"),
         "truncated npy": (tmp / "t.npy", "npy", {}, "npy"),
         "truncated emd": (_truncate(shutil.copy(data_dir / EMD, tmp / "t_emd.h5")), "emd",
                           {"calibration": {"energy_eV": 3e5}}, "EMD"),
@@ -306,7 +330,7 @@ def _bad_cases(tmp, data_dir):
 
 BAD = ["missing file", "missing dataset", "missing npz key", "wrong rank", "wrong rank npy",
        "NaN counts", "negative counts", "complex counts", "missing calibration", "bad calibration",
-       "unknown calibration key", "empty scan", "truncated hdf5", "corrupt hdf5", "truncated npy",
+       "unknown calibration key", "empty scan", "truncated hdf5", "corrupt hdf5", "corrupt chunk", "truncated npy",
        "truncated emd", "not emd", "truncated 4dcamera", "4dcamera scan position out of range",
        "4dcamera pixel out of range", "4dcamera missing attribute", "4dcamera empty scan",
        "4dcamera missing frames", "bin factor", "fly-back of a single column", "unknown format"]

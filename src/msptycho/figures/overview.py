@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Circle
+from matplotlib.ticker import NullFormatter
 
 from ..io.provenance import atomic_path
 from .style import PAGE_WIDTH_IN, add_scale_bar, plt, use_style
@@ -64,7 +65,8 @@ def plot_ingest_overview(overview, calibration, out_path: str | os.PathLike,
         ax.set_ylabel(r"$q_x$ (mrad)")
         ax.set_title(f"mean pattern (log)\nBF disk r = {disk.radius_px:.2f} px ({disk.radius_px * dq:.1f} mrad)"
                      f"\nat ({cx:.2f}, {cy:.2f}) px")
-        fig.colorbar(im, ax=ax, shrink=0.8, label="counts / pixel")
+        cb = fig.colorbar(im, ax=ax, shrink=0.8, label="counts / pixel")
+        cb.ax.yaxis.set_minor_formatter(NullFormatter())
 
         for ax, img, name in ((axes[1], overview.bright_field, "virtual BF"),
                               (axes[2], overview.annular_dark_field, "virtual ADF")):
