@@ -109,6 +109,27 @@ class MultisliceEngine:
         self.sum_a2 = float(np.sum(np.square(amplitudes, dtype=np.float64)))
         self.curv = 1.0 if params.loss == "amplitude" else 2.0
 
+    # -- forward model only ---------------------------------------------------------------------
+    def model_patterns(self, idx: np.ndarray) -> np.ndarray:
+        """Model patterns ``|FFT_ortho(exit)|^2`` (numpy FFT order, float32) of positions ``idx``
+        (at most ``batch_size``) with the current state; allocates its output."""
+        be, K = self.be, self.be
+        nb, nz = len(idx), self.nz
+        fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
+        K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
+        K.incident(self.Pk, self.rampx, self.rampy, self.psi[0, :nb])
+        be.ifft2(self.psi[0, :nb])
+        g = self.g[:nb]
+        for s in range(nz):
+            out = self.psi[s + 1, :nb] if s < nz - 1 else g
+            K.transmit(self.psi[s, :nb], self.V[s], self.corners[:nb], self.sigma, self.trans[s, :nb], out)
+            if s < nz - 1:
+                be.fft2(out)
+                K.multiply(out, self.h)
+                be.ifft2(out)
+        be.fft2(g)
+        return (np.abs(g) ** 2).astype(np.float32)
+
     # -- one mini-batch -------------------------------------------------------------------------
     def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
               gradients=None) -> tuple[float, float]:

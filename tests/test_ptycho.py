@@ -1,0 +1,241 @@
+"""Multislice engine: hand-derived gradient vs finite differences, analytic cases, constraints,
+resume, determinism. Small windows (32 x 32) keep each test to seconds once Numba's cache is warm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msptycho import physics
+from msptycho.io import Calibration, InputError
+from msptycho.ptycho import MultisliceEngine, ReconstructionParameters, reconstruct
+from msptycho.ptycho import forward as fw
+
+E = 300e3
+N_WIN = 32
+MPP = 100 / 128 * 4          # mrad per pixel: sampling 0.197 A, 25 mrad aperture = 8 px
+SAMPLING = physics.realspace_sampling_A(N_WIN, MPP, E)
+SIGMA = physics.interaction_constant(E)
+LAM = physics.wavelength_A(E)
+DEFOCUS = physics.Aberrations(defocus_A=40.0)
+
+
+def smooth_random(shape, rng, sigma_px=1.5, amplitude=1.0):
+    from scipy.ndimage import gaussian_filter
+    return amplitude * gaussian_filter(rng.random(shape), sigma_px, mode="wrap")
+
+
+def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj_amp=600.0):
+    """Engine on a random object whose data come from another random object (non-zero residual)."""
+    rng = np.random.default_rng(rng_seed)
+    pos_A = fw.scan_positions_A(scan, step_A)
+    pos_A += rng.normal(0, 0.3, pos_A.shape)
+    shape, origin = fw.object_geometry(pos_A, SAMPLING, N_WIN, 3)
+    pk = fw.probe_from_aberrations(N_WIN, SAMPLING, E, 25.0, DEFOCUS, 1000.0)
+    h = fw.propagator(N_WIN, SAMPLING, LAM, 8.0)
+    pp = fw.positions_to_pixels(pos_A, origin, SAMPLING)
+    truth = np.stack([smooth_random(shape, rng, amplitude=obj_amp) for _ in range(nz)])
+    amps = np.sqrt(fw.reference_patterns(truth, pk.astype(complex), pp, SIGMA, h)).astype(np.float32)
+    params = ReconstructionParameters(num_slices=nz, slice_thickness_A=8.0, batch_size=len(pp), loss=loss)
+    eng = MultisliceEngine(amps, pk, pp, shape, SIGMA, h, params)
+    eng.V[...] = np.stack([smooth_random(shape, rng, amplitude=obj_amp) for _ in range(nz)])
+    # probe slightly wrong too
+    eng.Pk *= np.exp(0.2j * rng.standard_normal(pk.shape)).astype(np.complex64)
+    return eng, truth, h
+
+
+def ref_loss(eng, h, V, pk, pos, loss):
+    idx = np.arange(eng.N)
+    pat = fw.reference_patterns(V.astype(np.float64), pk.astype(np.complex128), pos, SIGMA, h)
+    a = eng.amps[idx].astype(np.float64)
+    return fw.amplitude_loss(pat, a) if loss == "amplitude" else fw.poisson_loss(pat, a)
+
+
+@pytest.mark.parametrize("loss", ["amplitude", "poisson"])
+def test_gradient_matches_finite_differences(loss):
+    eng, _, h = make_engine(loss=loss)
+    idx = np.arange(eng.N)
+    grads = {}
+    eng.batch(idx, gradients=grads)
+    V0 = eng.V.astype(np.float64)
+    P0 = eng.Pk.astype(np.complex128)
+    X0 = eng.pos.copy()
+    rng = np.random.default_rng(5)
+
+    # object: directional derivative along a smooth random direction
+    D = np.stack([smooth_random(V0.shape[1:], rng) - 0.5 for _ in range(V0.shape[0])])
+    eps = 2.0
+    fd = (ref_loss(eng, h, V0 + eps * D, P0, X0, loss) - ref_loss(eng, h, V0 - eps * D, P0, X0, loss)) / (2 * eps)
+    an = float(np.sum(grads["object"].astype(np.float64) * D))
+    assert an == pytest.approx(fd, rel=2e-3), (an, fd)
+    # per slice too (the adjoint through each propagation)
+    for s in range(V0.shape[0]):
+        Ds = np.zeros_like(D)
+        Ds[s] = D[s]
+        fd = (ref_loss(eng, h, V0 + eps * Ds, P0, X0, loss) - ref_loss(eng, h, V0 - eps * Ds, P0, X0, loss)) / (2 * eps)
+        an = float(np.sum(grads["object"][s].astype(np.float64) * D[s]))
+        assert an == pytest.approx(fd, rel=5e-3, abs=1e-3 * abs(fd) + 1e-6), (s, an, fd)
+
+    # probe: dL = Re <g, dP>, inside the aperture (outside it the model amplitude is ~0, where the
+    # amplitude loss has its cone singularity and finite differences do not converge)
+    dP = (rng.standard_normal(P0.shape) + 1j * rng.standard_normal(P0.shape)) * np.abs(P0).max() * 1e-3
+    dP *= np.abs(P0) > 0
+    fd = (ref_loss(eng, h, V0, P0 + dP, X0, loss) - ref_loss(eng, h, V0, P0 - dP, X0, loss)) / 2
+    an = float(np.real(np.sum(np.conj(grads["probe"].astype(np.complex128)) * dP)))
+    assert an == pytest.approx(fd, rel=2e-3), (an, fd)
+
+    # positions (sub-pixel, away from the rounding boundary)
+    for b in (0, 5, 11):
+        for ax in (0, 1):
+            d = 1e-3
+            Xp, Xm = X0.copy(), X0.copy()
+            Xp[b, ax] += d
+            Xm[b, ax] -= d
+            fd = (ref_loss(eng, h, V0, P0, Xp, loss) - ref_loss(eng, h, V0, P0, Xm, loss)) / (2 * d)
+            an = grads["positions"][b, ax]
+            assert an == pytest.approx(fd, rel=1e-2, abs=1e-3 * np.abs(grads["positions"]).max()), (b, ax, an, fd)
+
+
+def test_kernels_match_reference_forward_model():
+    eng, _, h = make_engine(nz=4)
+    idx = np.arange(eng.N)
+    ours = eng.model_patterns(idx)
+    ref = fw.reference_patterns(eng.V.astype(np.float64), eng.Pk.astype(complex), eng.pos, SIGMA, h)
+    assert np.max(np.abs(ours - ref)) < 2e-5 * ref.max()
+
+
+def test_vacuum_patterns_equal_the_probe():
+    """No object (V = 0, any number of slices): every pattern is the probe's, in the datacube's
+    convention |fftshift(fft2(probe))|^2 scaled to the counts."""
+    eng, _, h = make_engine(nz=3)
+    eng.V[...] = 0
+    eng.Pk[...] = fw.probe_from_aberrations(N_WIN, SAMPLING, E, 25.0, DEFOCUS, 1000.0)
+    pats = eng.model_patterns(np.arange(eng.N))
+    probe = physics.probe_real((N_WIN, N_WIN), SAMPLING, E, 25.0, DEFOCUS)  # unit intensity
+    expected = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
+    expected *= 1000.0 / expected.sum()
+    for p in pats:
+        np.testing.assert_allclose(np.fft.fftshift(p), expected, rtol=0, atol=1e-4 * expected.max())
+
+
+def test_single_slice_phase_grating_gives_bessel_orders():
+    """Analytic single-slice case: a plane wave through V0 cos(2 pi x / d) diffracts into orders
+    of intensity J_m(sigma V0)^2."""
+    from scipy.special import jv
+    nz, q = 1, 4                                  # grating period = window / q
+    pos_A = fw.scan_positions_A((1, 1), 1.0)
+    shape, origin = fw.object_geometry(pos_A, SAMPLING, N_WIN, 0)
+    x = np.arange(shape[0])
+    V0 = 1.3 / SIGMA                              # 1.3 rad peak phase
+    V = np.broadcast_to(V0 * np.cos(2 * np.pi * q * x / N_WIN)[:, None], shape)[None].astype(np.float32)
+    pk = np.zeros((N_WIN, N_WIN), np.complex64)
+    pk[0, 0] = np.sqrt(500.0)                     # plane wave, 500 counts
+    params = ReconstructionParameters(num_slices=nz, batch_size=1)
+    pp = fw.positions_to_pixels(pos_A, origin, SAMPLING)
+    pp = np.floor(pp + 0.5)                       # integer position: no sub-pixel phase
+    eng = MultisliceEngine(np.zeros((1, N_WIN, N_WIN), np.float32), pk, pp, shape, SIGMA,
+                           fw.propagator(N_WIN, SAMPLING, LAM, 10.0), params)
+    eng.pos[...] = pp
+    eng.V[...] = V
+    pat = eng.model_patterns(np.array([0]))[0]
+    # exp(i a cos t) = sum_m i^m J_m(a) exp(i m t); on the window, orders m and m + N_WIN / q land on
+    # the same pixel (the discrete grating aliases), so sum the amplitudes that share a pixel
+    amp = np.zeros(N_WIN, complex)
+    for m in range(-60, 61):
+        amp[(m * q) % N_WIN] += 1j ** m * jv(m, 1.3)
+    for m in range(-3, 4):
+        k = (m * q) % N_WIN
+        assert pat[k, 0] == pytest.approx(500.0 * abs(amp[k]) ** 2, rel=1e-4, abs=1e-3)
+    assert pat[q, 0] == pytest.approx(500.0 * jv(1, 1.3) ** 2, rel=1e-3)   # first order, no alias to speak of
+    assert np.all(pat[:, 1:] < 1e-6)
+    assert pat.sum() == pytest.approx(500.0, rel=1e-5)
+
+
+def _dataset(scan=(6, 6), nz=2, rng_seed=3, jitter_A=0.0):
+    rng = np.random.default_rng(rng_seed)
+    pos_true = fw.scan_positions_A(scan, 2.0) + rng.normal(0, jitter_A, (scan[0] * scan[1], 2))
+    pos_nom = fw.scan_positions_A(scan, 2.0)
+    shape, origin = fw.object_geometry(pos_nom, SAMPLING, N_WIN, 6)
+    truth = np.stack([smooth_random(shape, rng, amplitude=300.0) for _ in range(nz)])
+    pk = fw.probe_from_aberrations(N_WIN, SAMPLING, E, 25.0, DEFOCUS, 2000.0)
+    h = fw.propagator(N_WIN, SAMPLING, LAM, 10.0)
+    pat = fw.reference_patterns(truth, pk.astype(complex), fw.positions_to_pixels(pos_true, origin, SAMPLING), SIGMA, h)
+    dc = np.fft.fftshift(pat, axes=(1, 2)).reshape(scan + (N_WIN, N_WIN)).astype(np.float32)
+    cal = Calibration(energy_eV=E, semiangle_mrad=25.0, scan_step_A=2.0, mrad_per_pixel=MPP)
+    vac = np.fft.fftshift(np.abs(pk) ** 2)
+    return dc, cal, vac, truth, pos_true
+
+
+FAST = dict(num_slices=2, slice_thickness_A=10.0, batch_size=8, num_iterations=4,
+            probe_update_start_iteration=1, position_correction_start_iteration=2, tv_xy_weight_VA=0.05,
+            tv_z_weight_VA=0.05)
+
+
+def test_constraints_positivity_and_fourier_amplitude():
+    dc, cal, vac, _, _ = _dataset()
+    params = ReconstructionParameters(**FAST, positivity=True, probe_fourier_amplitude_constraint=True,
+                                      probe_aberration_fit_order=0)
+    res = reconstruct(dc, cal, params, initial_aberrations=physics.Aberrations(defocus_A=50.0),
+                      vacuum_probe_intensity=vac)
+    assert res.potential_VA.min() >= 0
+    famp = np.abs(np.fft.fft2(res.probe.astype(complex), norm="ortho"))
+    target = np.sqrt(np.fft.ifftshift(vac) * (dc.sum() / (dc.shape[0] * dc.shape[1])) / vac.sum())
+    np.testing.assert_allclose(famp, target, atol=1e-4 * target.max())
+    # and the same run without the constraints does leave them
+    params2 = ReconstructionParameters(**FAST, positivity=False, probe_fourier_amplitude_constraint=False,
+                                       probe_aberration_fit_order=0)
+    res2 = reconstruct(dc, cal, params2, initial_aberrations=physics.Aberrations(defocus_A=50.0),
+                       vacuum_probe_intensity=vac)
+    famp2 = np.abs(np.fft.fft2(res2.probe.astype(complex), norm="ortho"))
+    assert np.abs(famp2 - target).max() > 2e-3 * target.max()
+    assert res2.potential_VA.min() < 0
+
+
+def test_aberration_fit_keeps_a_smooth_probe():
+    dc, cal, vac, _, _ = _dataset()
+    params = ReconstructionParameters(**FAST, probe_aberration_fit_order=2)
+    res = reconstruct(dc, cal, params, initial_aberrations=physics.Aberrations(defocus_A=50.0),
+                      vacuum_probe_intensity=vac)
+    # the probe is exactly amplitude * exp(-i chi) with chi in the fitted span: a defocus fit
+    assert set(res.aberrations_fit) == {"0,0,cos", "2,2,cos", "2,2,sin", "2,0,cos"}
+    # initial defocus 50 A, true 40 A: C10 = -defocus changes by about +10 A
+    assert 0 < res.aberrations_fit["2,0,cos"] < 20
+
+
+def test_determinism_and_resume(tmp_path):
+    dc, cal, vac, _, _ = _dataset()
+    kw = dict(initial_aberrations=physics.Aberrations(defocus_A=45.0), vacuum_probe_intensity=vac)
+    p4 = ReconstructionParameters(**FAST, seed=7)
+    a = reconstruct(dc, cal, p4, **kw)
+    b = reconstruct(dc, cal, p4, **kw)
+    for f in ("potential_VA", "probe", "positions_A", "error_history"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    c = reconstruct(dc, cal, ReconstructionParameters(**FAST, seed=8), **kw)
+    assert not np.array_equal(a.potential_VA, c.potential_VA)
+    # interrupted after 2 iterations (checkpoint every 2), then resumed to 4
+    ck = tmp_path / "ck.h5"
+    FAST2 = dict(FAST, num_iterations=2)
+    reconstruct(dc, cal, ReconstructionParameters(**FAST2, seed=7, checkpoint_every=2), checkpoint_path=ck, **kw)
+    assert ck.exists()
+    r = reconstruct(dc, cal, ReconstructionParameters(**FAST, seed=7, checkpoint_every=2), checkpoint_path=ck, **kw)
+    for f in ("potential_VA", "probe", "positions_A"):
+        assert np.array_equal(getattr(a, f), getattr(r, f)), f
+    np.testing.assert_array_equal(a.error_history, r.error_history)
+
+
+def test_bad_input_is_named():
+    dc, cal, vac, _, _ = _dataset()
+    with pytest.raises(InputError, match="datacube"):
+        reconstruct(dc[0], cal, ReconstructionParameters(**FAST))
+    bad = dc.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="datacube"):
+        reconstruct(bad, cal, ReconstructionParameters(**FAST))
+    with pytest.raises(InputError, match="batch_size"):
+        reconstruct(dc, cal, ReconstructionParameters(**dict(FAST, batch_size=0)))
+    with pytest.raises(InputError, match="vacuum_probe_intensity"):
+        reconstruct(dc, cal, ReconstructionParameters(**FAST), vacuum_probe_intensity=vac[:5])
+    with pytest.raises(InputError, match="initial_positions_A"):
+        reconstruct(dc, cal, ReconstructionParameters(**FAST), initial_positions_A=np.zeros((3, 2)))
+    with pytest.raises(InputError, match="loss"):
+        ReconstructionParameters(loss="l2").validate()
