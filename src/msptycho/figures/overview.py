@@ -63,8 +63,8 @@ def plot_ingest_overview(overview, calibration, out_path: str | os.PathLike,
                 ax.add_patch(Circle((0, 0), r * dq, fill=False, color="white", lw=0.8, ls="--"))
         ax.set_xlabel(r"$q_y$ (mrad)")
         ax.set_ylabel(r"$q_x$ (mrad)")
-        ax.set_title(f"mean pattern (log)\nBF disk r = {disk.radius_px:.2f} px ({disk.radius_px * dq:.1f} mrad)"
-                     f"\nat ({cx:.2f}, {cy:.2f}) px")
+        ax.set_title(f"mean pattern (log)\nBF disk r = {disk.radius_px:.2f} px "
+                     f"({disk.radius_px * dq:.1f} mrad)\nat ({cx:.2f}, {cy:.2f}) px")
         cb = fig.colorbar(im, ax=ax, shrink=0.8, label="counts / pixel")
         cb.ax.yaxis.set_minor_formatter(NullFormatter())
 
