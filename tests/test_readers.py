@@ -410,6 +410,19 @@ def test_virtual_bright_and_dark_field_of_an_analytic_scene(tmp_path):
     np.testing.assert_allclose(adf, np.where(particle, 400.0, 0.0), atol=1e-3)
 
 
+def test_flat_pattern_has_no_disk_unless_a_fallback_is_given():
+    from msptycho.io import Calibration
+    from msptycho.virtual import compute_overview, disk_from_calibration
+    flat = np.ones((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError):
+        compute_overview(flat)
+    cal = Calibration(3e5, semiangle_mrad=2.0, scan_step_A=1.0, mrad_per_pixel=0.5,
+                      detector_center_px=(4.0, 3.5))
+    ov = compute_overview(flat, fallback_disk=disk_from_calibration(cal))
+    assert ov.disk.center_px == (4.0, 3.5) and ov.disk.radius_px == 4.0
+    assert np.all(ov.bright_field == ov.bright_field[0, 0])
+
+
 def test_overview_of_the_py4dstem_file_and_its_figure(data_dir, tmp_path, monkeypatch):
     import matplotlib.image
     from matplotlib.figure import Figure

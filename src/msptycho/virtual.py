@@ -216,8 +216,16 @@ class IngestOverview:
     adf_outer_px: float
 
 
+def disk_from_calibration(calibration) -> BrightFieldDisk:
+    """The BF disk a calibration implies: centre ``detector_center_px``, radius
+    ``semiangle_mrad / mrad_per_pixel`` pixels."""
+    return BrightFieldDisk(tuple(float(c) for c in calibration.detector_center_px),
+                           float(calibration.semiangle_mrad / calibration.mrad_per_pixel))
+
+
 def compute_overview(dset, adf_inner_factor: float = 1.3, adf_outer_factor: float = np.inf,
-                     rows_per_block: int | None = None) -> IngestOverview:
+                     rows_per_block: int | None = None,
+                     fallback_disk: BrightFieldDisk | None = None) -> IngestOverview:
     """Mean pattern, BF disk, virtual BF and ADF images in two streaming passes over ``dset``.
 
     Parameters
@@ -228,9 +236,17 @@ def compute_overview(dset, adf_inner_factor: float = 1.3, adf_outer_factor: floa
         ADF radii in units of the BF disk radius.
     rows_per_block : int, optional
         Scan rows read at a time.
+    fallback_disk : BrightFieldDisk, optional
+        Used when no disk stands out of the mean pattern (e.g. :func:`disk_from_calibration`);
+        without it that case raises ``ValueError``.
     """
     mean = mean_diffraction_pattern(dset, rows_per_block)
-    disk = find_bright_field_disk(mean)
+    try:
+        disk = find_bright_field_disk(mean)
+    except ValueError:
+        if fallback_disk is None:
+            raise
+        disk = fallback_disk
     inner, outer = adf_inner_factor * disk.radius_px, adf_outer_factor * disk.radius_px
     bf_mask = annular_mask(dset.shape[2:], disk.center_px, 0.0, disk.radius_px)
     adf_mask = annular_mask(dset.shape[2:], disk.center_px, inner, outer)
@@ -240,4 +256,5 @@ def compute_overview(dset, adf_inner_factor: float = 1.3, adf_outer_factor: floa
 
 __all__ = ["mean_diffraction_pattern", "BrightFieldDisk", "find_bright_field_disk",
            "annular_mask", "virtual_images", "virtual_bright_field",
-           "virtual_annular_dark_field", "IngestOverview", "compute_overview"]
+           "virtual_annular_dark_field", "IngestOverview", "disk_from_calibration",
+           "compute_overview"]
