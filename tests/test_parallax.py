@@ -1,0 +1,151 @@
+"""Parallax fit (msptycho.parallax) on small 4D-STEM data sets simulated here.
+
+A weak phase object (smooth random phase, 0.3 rad RMS, ~1.2 A features, sampled at the probe
+window's pixel) is scanned by a probe of known defocus, astigmatism and scan rotation built with
+``msptycho.physics``; the probe is placed at ``R_obj = Rot(rotation) @ T @ (i, j) * step`` (the
+convention of ``msptycho.parallax``) with a sub-pixel Fourier shift, and the patterns get Poisson
+noise at 5e3 e/A^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from msptycho import physics
+from msptycho.io import Calibration, InputError, open_datacube, write_datacube
+from msptycho.parallax import (fit_shifts, model_shifts_A, object_to_scan, parallax_fit,
+                               scan_to_object, shift_basis_A)
+
+E_EV = 300e3
+SEMIANGLE = 25.0
+N_DET = 48
+MRAD_PER_PX = 1.3          # detector spans +-31 mrad
+STEP_A = 1.5
+N_SCAN = 28
+DOSE = 5e3
+PHASE_RMS = 0.3          # rad
+
+
+def make_object(n_px, px_A, seed):
+    """Weak phase object exp(i phi): white noise smoothed to ~1.2 A features, PHASE_RMS rad RMS."""
+    rng = np.random.default_rng(seed)
+    phi = ndimage.gaussian_filter(rng.standard_normal((n_px, n_px)), 1.2 / px_A, mode="wrap")
+    phi *= PHASE_RMS / phi.std()
+    return np.exp(1j * phi)
+
+
+def simulate(aberrations, rotation_deg, transpose=False, seed=0, n_scan=N_SCAN, step_A=STEP_A):
+    """(datacube (Rx, Ry, Qx, Qy) float32, Calibration with scan_rotation_deg = 0)."""
+    px = physics.realspace_sampling_A(N_DET, MRAD_PER_PX, E_EV)
+    probe_k = physics.probe_fourier((N_DET, N_DET), px, E_EV, SEMIANGLE, aberrations)
+    kx, ky = physics.spatial_frequencies((N_DET, N_DET), px)
+    i, j = np.meshgrid(np.arange(n_scan), np.arange(n_scan), indexing="ij")
+    rs = np.stack([i, j], -1).reshape(-1, 2) * step_A
+    rs = rs - rs.mean(axis=0)
+    r_obj = scan_to_object(rs, rotation_deg, transpose)  # positions, object frame, A
+    extent = np.abs(r_obj).max() + N_DET * px
+    n_obj = int(2 * extent / px) + 4
+    obj = make_object(n_obj, px, seed)
+    centre = n_obj / 2
+    rng = np.random.default_rng(seed + 100)
+    cube = np.empty((n_scan * n_scan, N_DET, N_DET), dtype=np.float32)
+    counts = DOSE * step_A**2
+    for b0 in range(0, len(r_obj), 128):
+        r = r_obj[b0:b0 + 128] / px + centre  # probe centre, object pixels
+        corner = np.floor(r).astype(int) - N_DET // 2
+        frac = r - np.floor(r)
+        ramp = np.exp(-2j * np.pi * ((N_DET // 2 + frac[:, 0, None, None]) * kx[None] * px
+                                     + (N_DET // 2 + frac[:, 1, None, None]) * ky[None] * px))
+        probes = np.fft.ifft2(probe_k[None] * ramp)
+        ii = corner[:, 0, None, None] + np.arange(N_DET)[None, :, None]
+        jj = corner[:, 1, None, None] + np.arange(N_DET)[None, None, :]
+        exit_ = probes * obj[ii, jj]
+        pat = np.abs(np.fft.fftshift(np.fft.fft2(exit_), axes=(1, 2))) ** 2
+        pat *= counts / pat.sum(axis=(1, 2), keepdims=True)
+        cube[b0:b0 + 128] = rng.poisson(pat)
+    cal = Calibration(energy_eV=E_EV, semiangle_mrad=SEMIANGLE, scan_step_A=step_A,
+                      mrad_per_pixel=MRAD_PER_PX, scan_rotation_deg=0.0,
+                      detector_center_px=(N_DET // 2, N_DET // 2), dose_e_per_A2=DOSE)
+    return cube.reshape(n_scan, n_scan, N_DET, N_DET), cal
+
+
+def angle_diff(a, b):
+    return (a - b + 180.0) % 360.0 - 180.0
+
+
+def report(name, truth, res, rot_true, transpose_true):
+    print(f"\n{name}: defocus {res.defocus_A:8.2f} A (truth {truth.defocus_A:8.2f}), "
+          f"C12 {res.C12_A:6.2f} A at {np.rad2deg(res.phi12_rad):6.1f} deg "
+          f"(truth {truth.C12_A:6.2f} A at {np.rad2deg(truth.phi12_rad):6.1f} deg), "
+          f"rotation {res.scan_rotation_deg:7.2f} deg (truth {rot_true:7.2f}), "
+          f"transpose {res.transpose} (truth {transpose_true}), residual {res.residual_rms_A:.3f} A; "
+          f"levels {[(h['bin'], h['n_images'], round(h['defocus_A'], 1)) for h in res.history]}")
+
+
+def test_shift_model_is_the_chi_gradient():
+    """d = wavelength * defocus * k for pure defocus (sign of physics.py), and the round trip of
+    the scan/object frames."""
+    k = np.random.default_rng(0).normal(size=(50, 2)) * 0.5
+    lam = physics.wavelength_A(E_EV)
+    b = shift_basis_A(k, lam)
+    assert np.allclose(b[0], lam * k, rtol=1e-6, atol=1e-12)
+    d = model_shifts_A(k, E_EV, physics.Aberrations(defocus_A=100.0), 30.0, True)
+    assert np.allclose(scan_to_object(d, 30.0, True), 100 * lam * k, atol=1e-9)
+    assert np.allclose(object_to_scan(scan_to_object(k, 17.0, True), 17.0, True), k)
+
+
+def test_fit_shifts_noise_free_with_coma():
+    k = np.stack(np.meshgrid(np.linspace(-1, 1, 15), np.linspace(-1, 1, 15)), -1).reshape(-1, 2)
+    k = k[np.hypot(*k.T) < 1] * physics.mrad_to_inv_A(25, E_EV)
+    ab = physics.Aberrations(defocus_A=-250.0, C12_A=30.0, phi12_rad=0.4, C21_A=800.0, phi21_rad=-1.0)
+    s = model_shifts_A(k, E_EV, ab, -37.0, False)
+    f = fit_shifts(k, s, np.ones(len(k)), E_EV, fit_coma=True)
+    assert abs(f["defocus_A"] + 250) < 1e-3 and abs(f["scan_rotation_deg"] + 37) < 1e-3
+    assert abs(f["C12_A"] - 30) < 1e-3 and abs(f["phi12_rad"] - 0.4) < 1e-4
+    assert abs(f["C21_A"] - 800) < 1e-2 and abs(f["phi21_rad"] + 1.0) < 1e-4
+    assert f["transpose"] is False
+
+
+@pytest.mark.parametrize("case", [
+    dict(name="over-focus + astigmatism", ab=physics.Aberrations(defocus_A=120.0, C12_A=12.0, phi12_rad=0.6),
+         rot=14.0, transpose=False, seed=1),
+    dict(name="under-focus (negative defocus)", ab=physics.Aberrations(defocus_A=-120.0), rot=-23.0,
+         transpose=False, seed=2),
+    dict(name="transposed scan", ab=physics.Aberrations(defocus_A=150.0, C12_A=8.0, phi12_rad=-0.3),
+         rot=35.0, transpose=True, seed=3),
+])
+def test_parallax_recovers_defocus_and_rotation(case):
+    cube, cal = simulate(case["ab"], case["rot"], case["transpose"], seed=case["seed"])
+    res = parallax_fit(cube, cal)
+    report(case["name"], case["ab"], res, case["rot"], case["transpose"])
+    assert np.sign(res.defocus_A) == np.sign(case["ab"].defocus_A)
+    assert abs(res.defocus_A / case["ab"].defocus_A - 1) < 0.05
+    assert abs(angle_diff(res.scan_rotation_deg, case["rot"])) < 1.0
+    assert res.transpose == case["transpose"]
+    assert res.image.shape == (2 * N_SCAN, 2 * N_SCAN) and np.all(np.isfinite(res.image))
+
+
+def test_parallax_streams_from_hdf5(tmp_path):
+    ab = physics.Aberrations(defocus_A=120.0)
+    cube, cal = simulate(ab, 5.0, seed=4, n_scan=20)
+    p = tmp_path / "datacube.h5"
+    write_datacube(p, cube, cal)
+    with open_datacube(p) as (dset, cal2):
+        res_h5 = parallax_fit(dset, cal2, rows_per_block=3)
+    res_np = parallax_fit(cube, cal)
+    assert abs(res_h5.defocus_A - res_np.defocus_A) < 1e-6 * abs(res_np.defocus_A)
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="4-D"):
+        parallax_fit(np.zeros((10, 10, 16)), Calibration(300e3, 25, 1, 1))
+    cube = np.ones((10, 10, 16, 16), dtype=np.float32)
+    with pytest.raises(InputError, match="bright-field disk"):
+        parallax_fit(cube, Calibration(300e3, 1.0, 1.0, 1.0))
+    cube[2, 3, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        parallax_fit(cube, Calibration(300e3, 25, 1, 1))
+    with pytest.raises(InputError, match="multiples"):
+        parallax_fit(np.ones((10, 10, 16, 16)), Calibration(300e3, 25, 1, 1), bin_factors=(3, 2))
