@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import re
 import sys
 import typing
@@ -21,11 +22,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
-# config section -> (module, dataclass, fields left out (set elsewhere), extra properties)
+# config section -> (module, dataclass or function, fields left out (set elsewhere), extra
+# properties). For a function, its keyword-only parameters are the section's keys.
 SECTIONS = {
     "simulation": ("msptycho.simulate.presets", "SimulationParameters", ("name",), {}),
-    "drift": ("msptycho.drift", "DriftSettings", (), {}),
-    "parallax": ("msptycho.parallax", "ParallaxSettings", (), {}),
+    "drift": ("msptycho.drift", "correct_drift", (), {}),
+    "parallax": ("msptycho.parallax", "parallax_fit", (), {}),
     "calibrate": ("msptycho.calibrate", "CalibrationSettings", ("seed",), {
         "enabled": {"type": "boolean", "description": "run the Bayesian calibration (false: start the reconstruction from the parallax estimates)"},
     }),
@@ -98,17 +100,24 @@ def section_schema(module: str, cls_name: str, leave_out, extra) -> dict | None:
         return None
     hints = typing.get_type_hints(cls)
     desc = _descriptions(cls)
+    if dataclasses.is_dataclass(cls):
+        names = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+    else:  # a function: its keyword-only parameters
+        sig = inspect.signature(cls)
+        names = [(n, hints.get(n, type(p.default))) for n, p in sig.parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY]
     props = {}
-    for f in dataclasses.fields(cls):
-        if f.name in leave_out:
+    for name, tp in names:
+        if name in leave_out:
             continue
-        s = _type_schema(hints[f.name])
-        if desc.get(f.name):
-            s["description"] = desc[f.name]
-        props[f.name] = s
+        s = _type_schema(tp)
+        if desc.get(name):
+            s["description"] = desc[name]
+        props[name] = s
     props.update(extra)
     return {"type": "object", "additionalProperties": False,
-            "description": f"fields of {module}.{cls_name} (defaults in the library)",
+            "description": (f"fields of {module}.{cls_name}" if dataclasses.is_dataclass(cls) else
+                            f"keyword arguments of {module}.{cls_name}") + "; a key left out takes the library's default",
             "properties": dict(sorted(props.items()))}
 
 
@@ -177,7 +186,7 @@ def build() -> dict:
                         "do not edit by hand. Every object forbids unknown keys; units are in the key names; "
                         "config/README.md documents each key."),
         "type": "object", "additionalProperties": False,
-        "required": ["samples", "seed", *[n for n in present if n != "simulation"]],
+        "required": ["samples", "seed"],
         "$defs": defs, "properties": props,
     }
 
