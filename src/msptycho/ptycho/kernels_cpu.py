@@ -241,6 +241,66 @@ def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
 
 
 @njit(parallel=True, cache=True)
+def project_potential(potential, out):
+    """``out = sum_s potential[s]`` (float32, summed in slice order)."""
+    nz, nx, ny = potential.shape
+    for x in prange(nx):
+        for y in range(ny):
+            out[x, y] = 0
+        for s in range(nz):
+            for y in range(ny):
+                out[x, y] += potential[s, x, y]
+
+
+@njit(parallel=True, cache=True)
+def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
+    """Approximate derivative of the exit wave with respect to a shift of the object under the
+    probe (projection approximation): ``exit * i sigma dVproj/dx`` (per pixel), for the
+    Gauss-Newton curvature of the position update."""
+    n0 = dx.shape[1]
+    n1 = dx.shape[2]
+    nx, ny = projected.shape
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = corners[b, 1]
+        for i in range(n0):
+            X = x0 + i
+            xm = X - 1 if X > 0 else X
+            xp = X + 1 if X + 1 < nx else X
+            for j in range(n1):
+                Y = y0 + j
+                ym = Y - 1 if Y > 0 else Y
+                yp = Y + 1 if Y + 1 < ny else Y
+                ex = psi[b, i, j] * trans[b, i, j]
+                gx = np.float32(0.5 * sigma) * (projected[xp, Y] - projected[xm, Y])
+                gy = np.float32(0.5 * sigma) * (projected[X, yp] - projected[X, ym])
+                dx[b, i, j] = ex * np.complex64(1j * gx)
+                dy[b, i, j] = ex * np.complex64(1j * gy)
+
+
+@njit(parallel=True, cache=True)
+def position_curvature(wave_k, dx, dy, nb, out):
+    """Gauss-Newton curvature of the amplitude loss along x and y for each position:
+    ``2 sum_k Re(conj(Psi/|Psi|) dPsi)^2``."""
+    n0 = dx.shape[1]
+    n1 = dx.shape[2]
+    for b in prange(nb):
+        cx = 0.0
+        cy = 0.0
+        for i in range(n0):
+            for j in range(n1):
+                w = wave_k[b, i, j]
+                m = math.sqrt(w.real * w.real + w.imag * w.imag)
+                if m > 0:
+                    ux = (w.real * dx[b, i, j].real + w.imag * dx[b, i, j].imag) / m
+                    uy = (w.real * dy[b, i, j].real + w.imag * dy[b, i, j].imag) / m
+                    cx += ux * ux
+                    cy += uy * uy
+        out[b, 0] = 2.0 * cx
+        out[b, 1] = 2.0 * cy
+
+
+@njit(parallel=True, cache=True)
 def tv_step(potential, work, weight_z, weight_xy, eps):
     """One gradient step on the smoothed total variation, separately along z and in x-y.
 
@@ -330,7 +390,8 @@ class CPUBackend:
         self._pfft = _pocketfft()
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "row_max",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
-                  "tv_step", "clip_negative"):
+                  "tv_step", "clip_negative", "project_potential",
+                  "exit_shift_derivative", "position_curvature"):
             setattr(self, k, globals()[k])
 
     def fft2(self, a: np.ndarray) -> None:
