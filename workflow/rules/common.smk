@@ -12,8 +12,28 @@ wildcard_constraints:
     sample="|".join(SAMPLES) if SAMPLES else "NOSAMPLE",
 
 
-def sample_config(wildcards):
-    return config["samples"][wildcards.sample]
+def section(name):
+    """A stage's config section ({} when left out: the library's defaults apply)."""
+    return dict(config.get(name) or {})
+
+
+def scan_pair_file(sample):
+    """The sample's orthogonal HAADF scan pair, or None."""
+    s = config["samples"][sample]
+    if s["source"] == "synthetic":
+        return f"results/{sample}/00_raw/scan_pair.h5"
+    return s.get("scan_pair")
+
+
+def vacuum_probe_file(wildcards):
+    """The sample's vacuum probe pattern ([] when it has none)."""
+    s = config["samples"][wildcards.sample]
+    if s["source"] == "synthetic":
+        return f"results/{wildcards.sample}/00_raw/vacuum_probe.h5"
+    return s.get("vacuum_probe", [])
+
+
+DRIFT_SAMPLES = [s for s in SAMPLES if scan_pair_file(s)]
 
 
 def raw_datacube(wildcards):
