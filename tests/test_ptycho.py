@@ -239,3 +239,26 @@ def test_bad_input_is_named():
         reconstruct(dc, cal, ReconstructionParameters(**FAST), initial_positions_A=np.zeros((3, 2)))
     with pytest.raises(InputError, match="loss"):
         ReconstructionParameters(loss="l2").validate()
+
+
+def test_reconstruction_file_round_trip_and_figure(tmp_path):
+    from msptycho.figures.convergence import plot_convergence
+    from msptycho.io import Provenance, read_provenance
+    from msptycho.io.reconstruction import read_reconstruction, write_reconstruction
+    dc, cal, vac, _, _ = _dataset()
+    res = reconstruct(dc, cal, ReconstructionParameters(**FAST), vacuum_probe_intensity=vac,
+                      initial_aberrations=DEFOCUS)
+    path = tmp_path / "reconstruction.h5"
+    write_reconstruction(path, res, Provenance(rule="reconstruct", params=res.parameters.to_dict(), seed=0))
+    back = read_reconstruction(path)
+    for f in ("potential_VA", "probe", "positions_A", "positions_initial_A", "error_history", "origin_A"):
+        assert np.array_equal(getattr(back, f), getattr(res, f)), f
+    assert back.parameters == res.parameters
+    assert back.sampling_A == res.sampling_A and back.scan_shape == (6, 6)
+    assert read_provenance(path).rule == "reconstruct"
+    assert [p.name for p in tmp_path.iterdir()] == ["reconstruction.h5"]     # no temporary left
+    with pytest.raises(InputError, match="reconstruction"):
+        read_reconstruction(tmp_path / "missing.h5")
+    png = tmp_path / "convergence.png"
+    plot_convergence(back, png)
+    assert png.stat().st_size > 10_000
