@@ -26,7 +26,7 @@ from ..io.datacube import Calibration
 from .haadf import ScanPair, simulate_scan_pair
 from .model import AtomicModel, Deformation, build_model, fluorite_crystal
 from .multislice import PatternSimulator, occupied_boxes, transmission_functions
-from .potentials import project_atoms
+from .potentials import project_atoms_fourier
 from .presets import PRESETS, SimulationParameters, preset, reconstruction_sampling_A
 from .truth import GroundTruth, ground_truth
 
@@ -150,7 +150,7 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
     dz = p.sim_slice_thickness_A
     n_sl = int(np.ceil(p.sample_thickness_A / dz - 1e-9))
     sl = np.clip(np.floor(model.positions_A[:, 2] / dz).astype(np.int64), 0, n_sl - 1)
-    pot = project_atoms(model.positions_A[:, :2], model.Z, sl, n_sl, shape, p.sim_sampling_A, origin)
+    pot = project_atoms_fourier(model.positions_A[:, :2], model.Z, sl, n_sl, shape, p.sim_sampling_A, origin)
     occ = occupied_boxes(pot)
     trans = transmission_functions(pot, p.energy_eV, p.sim_sampling_A)
     del pot

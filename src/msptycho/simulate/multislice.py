@@ -163,8 +163,9 @@ class PatternSimulator:
                     pending += self.dz[s]
                     continue
             if pending:
-                psi = sfft.ifft2(sfft.fft2(psi, workers=self.workers, overwrite_x=True) * self.propagator(pending),
-                                 workers=self.workers, overwrite_x=True)
+                psi = sfft.fft2(psi, workers=self.workers, overwrite_x=True)
+                psi *= self.propagator(pending)
+                psi = sfft.ifft2(psi, workers=self.workers, overwrite_x=True)
             for b in range(B):
                 i, j = starts[b]
                 psi[b] *= self.t[s, i:i + self.W, j:j + self.W]
@@ -181,9 +182,14 @@ class PatternSimulator:
         ndarray (N, detector_pixels, detector_pixels), float32
         """
         psi_k = self.exit_waves_k(positions_A)
-        inten = (psi_k.real**2 + psi_k.imag**2) / np.float32(self.W**2)
-        inten = np.fft.fftshift(inten, axes=(-2, -1))
-        return (self.M[None] @ inten @ self.M.T[None]).astype(np.float32)
+        inten = np.abs(psi_k)
+        inten *= inten
+        inten = np.fft.fftshift(inten, axes=(-2, -1)).astype(np.float32) / np.float32(self.W**2)
+        B, W, n = len(inten), self.W, self.M.shape[0]
+        tmp = inten.reshape(B * W, W) @ self.M.T                       # (B*W, n): bin along ky
+        tmp = np.ascontiguousarray(tmp.reshape(B, W, n).transpose(0, 2, 1)).reshape(B * n, W)
+        out = (tmp @ self.M.T).reshape(B, n, n).transpose(0, 2, 1)     # bin along kx
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def occupied_boxes(potential_VA: np.ndarray, threshold_VA: float = 1e-6) -> np.ndarray:
