@@ -12,9 +12,10 @@ Method, per slice and for each of two non-collinear reflections ``g_i``:
    ``G_ref``): ``F = G_loc^-1 G_ref``, which maps the reference lattice's real-space vectors onto the
    local ones (exact for uniform dilation and rotation, and equal to Hytch's
    ``grad u = -(1/2 pi) A [grad P]`` to first order).
-4. Strain from ``F`` (:func:`strain_from_F`): ``exx = F_xx - 1``, ``eyy = F_yy - 1``,
-   ``exy = (F_xy + F_yx) / 2``, dilation ``exx + eyy`` (all fractions), rotation
-   ``atan2(F_yx - F_xy, F_xx + F_yy)`` in degrees.
+4. Strain from ``F`` by polar decomposition ``F = V R`` (:func:`strain_from_F`): rotation
+   ``atan2(F_yx - F_xy, F_xx + F_yy)`` in degrees; ``exx = V_xx - 1``, ``eyy = V_yy - 1``,
+   ``exy = V_xy``, dilation ``exx + eyy`` (fractions, along the image axes). To first order these are
+   Hytch's ``e = sym(grad u)`` and ``omega = antisym(grad u)``.
 
 **Sign conventions.** Arrays are ``[x, y]`` (``x`` the first axis). ``exx > 0`` is a lattice
 stretched along x relative to the reference. The rotation is positive counter-clockwise: from
@@ -46,19 +47,29 @@ from .peaks import A_CAF2_A, check_peaks_present, find_fluorite_lattice, fit_squ
 
 
 def strain_from_F(F) -> dict:
-    """Strain components of a deformation gradient ``F[i, j, ...] = d x_i / d X_j`` (``i, j`` in x, y).
+    """Strain and rotation of a deformation gradient ``F[i, j, ...] = d x_i / d X_j`` (``i, j`` in x, y).
+
+    Polar decomposition ``F = V R``: ``R`` is the rotation by
+    ``theta = atan2(F_yx - F_xy, F_xx + F_yy)`` (exact in 2-D) and ``V = F R^T`` the symmetric left
+    stretch, expressed along the image axes. Strain is ``V - I``: ``exx = V_xx - 1``,
+    ``eyy = V_yy - 1``, ``exy = V_xy``, so a rigid rotation gives zero strain and a uniform
+    dilation ``s`` gives ``exx = eyy = s`` exactly; for small deformations these equal the
+    symmetric part of ``grad u`` and the rotation its antisymmetric part.
 
     Returns
     -------
-    dict with ``exx``, ``eyy``, ``exy``, ``dilation`` (fractions) and ``rotation_deg`` (degrees,
-    positive counter-clockwise from +x towards +y).
+    dict with ``exx``, ``eyy``, ``exy``, ``dilation`` (``exx + eyy``; fractions) and
+    ``rotation_deg`` (degrees, positive counter-clockwise from +x towards +y).
     """
-    F = np.asarray(F)
-    exx = F[0, 0] - 1.0
-    eyy = F[1, 1] - 1.0
-    exy = 0.5 * (F[0, 1] + F[1, 0])
-    rot = np.rad2deg(np.arctan2(F[1, 0] - F[0, 1], F[0, 0] + F[1, 1]))
-    return {"exx": exx, "eyy": eyy, "exy": exy, "dilation": exx + eyy, "rotation_deg": rot}
+    F = np.asarray(F, dtype=np.float64)
+    theta = np.arctan2(F[1, 0] - F[0, 1], F[0, 0] + F[1, 1])
+    c, s = np.cos(theta), np.sin(theta)
+    # V = F R^T with R = [[c, -s], [s, c]]
+    vxx = F[0, 0] * c - F[0, 1] * s
+    vyy = F[1, 0] * s + F[1, 1] * c
+    vxy = 0.5 * ((F[0, 0] * s + F[0, 1] * c) + (F[1, 0] * c - F[1, 1] * s))
+    exx, eyy = vxx - 1.0, vyy - 1.0
+    return {"exx": exx, "eyy": eyy, "exy": vxy, "dilation": exx + eyy, "rotation_deg": np.rad2deg(theta)}
 
 
 @dataclass

@@ -35,18 +35,24 @@ def rms(values) -> float:
     return float(np.sqrt(np.mean(v**2))) if v.size else float("nan")
 
 
+def _edt(m, dx, dy):
+    """Per-slice Euclidean distance (A) of True pixels to the nearest False pixel (the array border
+    counts as False)."""
+    out = np.zeros(m.shape)
+    for z, mz in enumerate(m):
+        if mz.any():
+            out[z] = ndimage.distance_transform_edt(np.pad(mz, 1), sampling=(dx, dy))[1:-1, 1:-1]
+    return out
+
+
 def inner_mask(particle_mask, band_A: float, sampling_A) -> np.ndarray:
-    """Per-slice erosion of ``particle_mask`` (nz, nx, ny) by ``band_A`` (A): the particle without
-    a band of that width at its edge."""
+    """The particle without a band of ``band_A`` (A) at its edge: pixels of ``particle_mask``
+    (nz, nx, ny) farther than ``band_A`` from any pixel outside it, per slice."""
     dx, dy = as_sampling(sampling_A)
     pm = np.asarray(particle_mask, dtype=bool)
     if pm.ndim == 2:
         pm = pm[None]
-    rx, ry = band_A / dx, band_A / dy
-    ix, iy = int(np.ceil(rx)), int(np.ceil(ry))
-    xx, yy = np.mgrid[-ix:ix + 1, -iy:iy + 1]
-    se = (xx / max(rx, 1e-9)) ** 2 + (yy / max(ry, 1e-9)) ** 2 <= 1.0
-    return np.stack([ndimage.binary_erosion(m, structure=se, border_value=0) if m.any() else m for m in pm])
+    return _edt(pm, dx, dy) > band_A
 
 
 def blur_in_mask(values, mask, sigma_A: float, sampling_A) -> np.ndarray:
@@ -62,7 +68,7 @@ def blur_in_mask(values, mask, sigma_A: float, sampling_A) -> np.ndarray:
 
 
 def validate_strain(result, truth_dilation, truth_rotation_deg, particle_mask, *, edge_band_A: float = 10.0,
-                    slices=None) -> dict:
+                    slices=None, exclude_mask=None) -> dict:
     """RMS errors of dilation (fraction) and rotation (degrees) inside the particle without an edge band.
 
     Parameters
@@ -76,6 +82,8 @@ def validate_strain(result, truth_dilation, truth_rotation_deg, particle_mask, *
         Band at the particle edge left out, A.
     slices : sequence of int, optional
         Slices evaluated (default all).
+    exclude_mask : bool ndarray (nz, nx, ny), optional
+        Pixels also left out (e.g. a band around the core/shell interface, see :func:`interface_band`).
 
     Returns
     -------
@@ -89,6 +97,8 @@ def validate_strain(result, truth_dilation, truth_rotation_deg, particle_mask, *
         keep = np.zeros(pm.shape[0], bool)
         keep[np.asarray(slices)] = True
         inner &= keep[:, None, None]
+    if exclude_mask is not None:
+        inner &= ~np.asarray(exclude_mask, dtype=bool)
     sel = inner & result.mask
     if not sel.any():
         raise InputError("validation: no particle pixel left inside the edge band and the strain mask.")
@@ -103,6 +113,19 @@ def validate_strain(result, truth_dilation, truth_rotation_deg, particle_mask, *
         matched = blur_in_mask(truth, pm, result.resolution_A, result.sampling_A)
         out[f"{name}_rms_resolution_matched{unit}"] = rms(np.asarray(meas, dtype=np.float64)[sel] - matched[sel])
     return out
+
+
+def interface_band(mask, half_width_A: float, sampling_A) -> np.ndarray:
+    """Pixels within ``half_width_A`` (A, in-plane) of the boundary of ``mask`` (nz, nx, ny), per
+    slice (on either side)."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    dx, dy = as_sampling(sampling_A)
+    d_in = _edt(m, dx, dy)
+    d_out = np.stack([ndimage.distance_transform_edt(~mz, sampling=(dx, dy)) if mz.any() else np.full(mz.shape, np.inf)
+                      for mz in m])
+    return (m & (d_in <= half_width_A)) | (~m & (d_out <= half_width_A))
 
 
 def validate_core(result, truth_core_mask, truth_centroid_slice: float | None = None,
