@@ -39,6 +39,7 @@ def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj
     params = ReconstructionParameters(num_slices=nz, slice_thickness_A=8.0, batch_size=len(pp), loss=loss)
     eng = MultisliceEngine(amps, pk, pp, shape, SIGMA, h, params)
     eng.V[...] = np.stack([smooth_random(shape, rng, amplitude=obj_amp) for _ in range(nz)])
+    eng.refresh()
     # probe slightly wrong too
     eng.Pk *= np.exp(0.2j * rng.standard_normal(pk.shape)).astype(np.complex64)
     return eng, truth, h
@@ -109,6 +110,7 @@ def test_vacuum_patterns_equal_the_probe():
     convention |fftshift(fft2(probe))|^2 scaled to the counts."""
     eng, _, h = make_engine(nz=3)
     eng.V[...] = 0
+    eng.refresh()
     eng.Pk[...] = fw.probe_from_aberrations(N_WIN, SAMPLING, E, 25.0, DEFOCUS, 1000.0)
     pats = eng.model_patterns(np.arange(eng.N))
     probe = physics.probe_real((N_WIN, N_WIN), SAMPLING, E, 25.0, DEFOCUS)  # unit intensity
@@ -137,6 +139,7 @@ def test_single_slice_phase_grating_gives_bessel_orders():
                            fw.propagator(N_WIN, SAMPLING, LAM, 10.0), params)
     eng.pos[...] = pp
     eng.V[...] = V
+    eng.refresh()
     pat = eng.model_patterns(np.array([0]))[0]
     # exp(i a cos t) = sum_m i^m J_m(a) exp(i m t); on the window, orders m and m + N_WIN / q land on
     # the same pixel (the discrete grating aliases), so sum the amplitudes that share a pixel

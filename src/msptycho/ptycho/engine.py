@@ -80,6 +80,7 @@ class MultisliceEngine:
         # state
         self.V = np.zeros((nz,) + self.obj_shape, dtype=np.float32)
         self.Pk = np.ascontiguousarray(probe_k, dtype=np.complex64).copy()
+        self.T = np.ones((nz,) + self.obj_shape, dtype=np.complex64)   # exp(i sigma V), kept in sync
         self.pos = np.array(positions_px, dtype=np.float64)
         fw.clip_positions(self.pos, self.obj_shape, n)
         self.pos_initial = self.pos.copy()
@@ -91,7 +92,6 @@ class MultisliceEngine:
         self.iteration = 0
         # work arrays
         self.psi = np.zeros((nz, B, n, n), dtype=np.complex64)
-        self.trans = np.zeros((nz, B, n, n), dtype=np.complex64)
         self.g = np.zeros((B, n, n), dtype=np.complex64)
         self.rampx = np.zeros((B, n), dtype=np.complex64)
         self.rampy = np.zeros((B, n), dtype=np.complex64)
@@ -117,6 +117,10 @@ class MultisliceEngine:
         self.sum_a2 = float(np.sum(np.square(amplitudes, dtype=np.float64)))
         self.curv = 1.0 if params.loss == "amplitude" else 2.0
 
+    def refresh(self) -> None:
+        """Recompute the transmission ``exp(i sigma V)`` after ``V`` was changed from outside."""
+        self.be.refresh_transmission(self.V, self.sigma, self.T)
+
     # -- forward model only ---------------------------------------------------------------------
     def model_patterns(self, idx: np.ndarray) -> np.ndarray:
         """Model patterns ``|FFT_ortho(exit)|^2`` (numpy FFT order, float32) of positions ``idx``
@@ -130,7 +134,7 @@ class MultisliceEngine:
         g = self.g[:nb]
         for s in range(nz):
             out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            K.transmit(self.psi[s, :nb], self.V[s], self.corners[:nb], self.sigma, self.trans[s, :nb], out)
+            K.transmit(self.psi[s, :nb], self.T[s], self.corners[:nb], out)
             if s < nz - 1:
                 be.fft2(out)
                 K.multiply(out, self.h)
@@ -163,7 +167,7 @@ class MultisliceEngine:
         g = self.g[:nb]
         for s in range(nz):
             out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            K.transmit(self.psi[s, :nb], self.V[s], corners, self.sigma, self.trans[s, :nb], out)
+            K.transmit(self.psi[s, :nb], self.T[s], corners, out)
             if s < nz - 1:
                 be.fft2(out)
                 K.multiply(out, self.h)
@@ -177,17 +181,16 @@ class MultisliceEngine:
         be.ifft2(g)
         coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
         for s in range(nz - 1, -1, -1):
-            K.back_slice(g, self.psi[s, :nb], self.trans[s, :nb], corners, nb, self.sigma,
-                         self.grad2d, self.illum2d, self.row_lo, self.row_hi)
+            K.back_slice(g, self.psi[s, :nb], self.T[s], corners, nb, self.sigma,
+                         self.grad2d, self.illum2d, self.row_lo, self.row_hi, self.rowmax)
             if gradients is not None:
                 if "object" not in gradients:
                     gradients["object"] = np.zeros_like(self.V)
                 K.copy_gradient(gradients["object"][s], self.grad2d, self.illum2d, self.row_lo, self.row_hi)
             else:
-                K.row_max(self.illum2d, self.row_lo, self.row_hi, self.rowmax)
                 floor = self.p.illumination_regularization_fraction * float(self.rowmax.max())
-                K.update_object(self.V[s], self.grad2d, self.illum2d, self.row_lo, self.row_hi,
-                                coef if update_object else 0.0, floor)
+                K.update_object(self.V[s], self.T[s], self.grad2d, self.illum2d, self.row_lo, self.row_hi,
+                                coef if update_object else 0.0, floor, self.sigma)
             if s > 0:
                 be.fft2(g)
                 K.multiply(g, self.hc)
@@ -204,7 +207,7 @@ class MultisliceEngine:
             gradients["positions"] = self.gpos[:nb].copy()
             return err, loss
         if update_positions:
-            K.exit_shift_derivative(self.psi[nz - 1, :nb], self.trans[nz - 1, :nb], self.vproj, corners, nb,
+            K.exit_shift_derivative(self.psi[nz - 1, :nb], self.T[nz - 1], self.vproj, corners, nb,
                                     self.sigma, self.dX, self.dY)
             be.fft2(self.dX[:nb])
             be.fft2(self.dY[:nb])
@@ -263,6 +266,8 @@ class MultisliceEngine:
                             float(p.tv_epsilon_VA))
         if p.positivity:
             self.be.clip_negative(self.V)
+        if p.positivity or self.tv_work is not None:
+            self.be.refresh_transmission(self.V, self.sigma, self.T)
         if probe_updated:
             amp = self.famp if (p.probe_fourier_amplitude_constraint and self.famp is not None) else None
             if p.probe_aberration_fit_order >= 2 and self.basis is not None:
@@ -285,6 +290,7 @@ class MultisliceEngine:
 
     def load_state(self, st: dict) -> None:
         self.V[...] = st["potential_VA"]
+        self.refresh()
         self.Pk[...] = st["probe_k"]
         self.pos[...] = st["positions_px"]
         if self.chi is not None and np.size(st["chi"]):

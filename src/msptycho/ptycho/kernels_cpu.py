@@ -57,12 +57,22 @@ def incident(probe_k, rampx, rampy, out):
 
 
 @njit(parallel=True, cache=True)
-def transmit(psi, potential, corners, sigma, trans, out):
-    """Transmission through one slice.
+def refresh_transmission(potential, sigma, trans):
+    """``trans = exp(i sigma V)`` for the whole object (complex64; float32 phase)."""
+    nz, nx, ny = potential.shape
+    sg = np.float32(sigma)
+    for sx in prange(nz * nx):
+        s = sx // nx
+        x = sx % nx
+        for y in range(ny):
+            ph = sg * potential[s, x, y]
+            trans[s, x, y] = np.complex64(complex(math.cos(ph), math.sin(ph)))
 
-    ``trans[b] = exp(i sigma V[window b])`` and ``out[b] = psi[b] * trans[b]``; the window of
-    position ``b`` starts at object pixel ``corners[b]``.
-    """
+
+@njit(parallel=True, cache=True)
+def transmit(psi, trans, corners, out):
+    """Transmission through one slice: ``out[b] = psi[b] * trans[window b]``, the window of
+    position ``b`` starting at object pixel ``corners[b]`` (``trans = exp(i sigma V)``)."""
     nb = psi.shape[0]
     n0 = psi.shape[1]
     n1 = psi.shape[2]
@@ -71,10 +81,7 @@ def transmit(psi, potential, corners, sigma, trans, out):
         y0 = corners[b, 1]
         for i in range(n0):
             for j in range(n1):
-                ph = sigma * potential[x0 + i, y0 + j]
-                t = np.complex64(complex(math.cos(ph), math.sin(ph)))
-                trans[b, i, j] = t
-                out[b, i, j] = psi[b, i, j] * t
+                out[b, i, j] = psi[b, i, j] * trans[x0 + i, y0 + j]
 
 
 @njit(parallel=True, cache=True)
@@ -129,20 +136,22 @@ def residual(wave_k, amplitudes, index, poisson, err, loss):
 
 
 @njit(parallel=True, cache=True)
-def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi):
+def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
     """Back-propagate through one slice's transmission and scatter the potential gradient.
 
     On entry ``g[b]`` is the gradient with respect to the slice's exit wave; on exit it is the
-    gradient with respect to its incident wave, ``conj(trans) * g``. The potential gradient
-    ``sigma * Im(conj(psi) * conj(trans) * g)`` and the illumination ``|psi|^2`` are added into
-    ``grad`` and ``illum`` (object-sized, zero on entry where touched). Parallel over object rows;
-    within a row the positions are visited in batch order (deterministic). ``row_lo/row_hi``
-    receive the touched column span of each row (``lo >= hi`` when untouched).
+    gradient with respect to its incident wave, ``conj(T) * g`` (``T = trans[window b]``). The
+    potential gradient ``sigma * Im(conj(psi) * conj(T) * g)`` and the illumination ``|psi|^2``
+    are added into ``grad`` and ``illum`` (object-sized, zero on entry). Parallel over object
+    rows; within a row the positions are visited in batch order (deterministic). ``row_lo/row_hi``
+    receive the touched column span of each row (``lo >= hi`` when untouched) and ``row_max`` the
+    row's largest illumination.
     """
     nx = grad.shape[0]
     ny = grad.shape[1]
     n0 = g.shape[1]
     n1 = g.shape[2]
+    sg = np.float32(sigma)
     for x in prange(nx):
         lo = ny
         hi = 0
@@ -156,37 +165,35 @@ def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi):
             if y0 + n1 > hi:
                 hi = y0 + n1
             for j in range(n1):
-                t = trans[b, i, j]
-                gg = g[b, i, j]
-                u = np.conj(t) * gg
+                u = np.conj(trans[x, y0 + j]) * g[b, i, j]
                 g[b, i, j] = u
                 p = psi[b, i, j]
-                grad[x, y0 + j] += sigma * (p.real * u.imag - p.imag * u.real)
+                grad[x, y0 + j] += sg * (p.real * u.imag - p.imag * u.real)
                 illum[x, y0 + j] += p.real * p.real + p.imag * p.imag
-        row_lo[x] = lo
-        row_hi[x] = hi
-
-
-@njit(parallel=True, cache=True)
-def row_max(illum, row_lo, row_hi, out):
-    """``out[x]`` = max of ``illum[x, lo:hi]`` over each row's touched span (0 if untouched)."""
-    for x in prange(illum.shape[0]):
         m = np.float32(0.0)
-        for y in range(row_lo[x], row_hi[x]):
+        for y in range(lo, hi):
             if illum[x, y] > m:
                 m = illum[x, y]
-        out[x] = m
+        row_lo[x] = lo
+        row_hi[x] = hi
+        row_max[x] = m
 
 
 @njit(parallel=True, cache=True)
-def update_object(potential, grad, illum, row_lo, row_hi, coef, floor):
-    """``V -= coef * grad / (illum + floor)`` over the touched pixels, then zero ``grad``/``illum``
-    there (ready for the next batch)."""
+def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
+    """``V -= coef * grad / (illum + floor)`` over the touched pixels, refresh ``trans =
+    exp(i sigma V)`` there, and zero ``grad``/``illum`` (ready for the next batch)."""
+    sg = np.float32(sigma)
+    c = np.float32(coef)
+    fl = np.float32(floor)
     for x in prange(potential.shape[0]):
         for y in range(row_lo[x], row_hi[x]):
             il = illum[x, y]
             if il > 0:
-                potential[x, y] -= coef * grad[x, y] / (il + floor)
+                v = potential[x, y] - c * grad[x, y] / (il + fl)
+                potential[x, y] = v
+                ph = sg * v
+                trans[x, y] = np.complex64(complex(math.cos(ph), math.sin(ph)))
             grad[x, y] = 0
             illum[x, y] = 0
 
@@ -271,7 +278,7 @@ def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
                 Y = y0 + j
                 ym = Y - 1 if Y > 0 else Y
                 yp = Y + 1 if Y + 1 < ny else Y
-                ex = psi[b, i, j] * trans[b, i, j]
+                ex = psi[b, i, j] * trans[X, Y]
                 gx = np.float32(0.5 * sigma) * (projected[xp, Y] - projected[xm, Y])
                 gy = np.float32(0.5 * sigma) * (projected[X, yp] - projected[X, ym])
                 dx[b, i, j] = ex * np.complex64(1j * gx)
@@ -388,7 +395,7 @@ class CPUBackend:
     def __init__(self, workers: int = 0):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
         self._pfft = _pocketfft()
-        for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "row_max",
+        for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
                   "tv_step", "clip_negative", "project_potential",
                   "exit_shift_derivative", "position_curvature"):

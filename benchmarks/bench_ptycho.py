@@ -1,0 +1,206 @@
+"""Speed of the multislice engine: seconds per iteration, peak RSS and the FFT floor.
+
+Usage::
+
+    python benchmarks/bench_ptycho.py                    # default-size case (40x40, 128^2, 6 slices)
+    python benchmarks/bench_ptycho.py --cases default paper --py4dstem
+
+Each case runs in its own subprocess (so its peak RSS is its own): it makes a synthetic datacube
+(Poisson-noisy vacuum patterns of a 300 keV, 25 mrad probe with 120 A defocus: the timing does
+not depend on the content), warms the Numba cache on a tiny problem, runs ``reconstruct`` for
+the requested iterations with probe and position updates switched on from the first iteration
+(the most expensive configuration), counts the 2-D FFTs the engine performed, and then measures
+the FFT floor: the same number of batched in-place complex64 FFTs of the same size, at the best
+throughput of scipy's pocketfft (all cores) and numpy's ``fft2(out=...)``, in the same process.
+
+``--py4dstem`` also times py4DSTEM 0.14's ``MultislicePtychography`` (CPU, gradient descent, same
+slices and batch size, probe and positions updated) on the same data, in the venv
+``/work/venvs/py4dstem`` (``benchmarks/bench_py4dstem.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = {
+    # name: (scan side, window, slices, iterations)
+    "default": dict(scan=(40, 40), n=128, nz=6, iterations=2),
+    "paper": dict(scan=(100, 100), n=128, nz=36, iterations=1),
+}
+E_EV, SEMI_MRAD, MPP, STEP_A, DEFOCUS_A, DOSE = 300e3, 25.0, 100 / 128, 2.0, 120.0, 5e3
+VENV_PY = "/work/venvs/py4dstem/bin/python"
+
+
+def synthetic_datacube(scan, n, seed=0):
+    from msptycho import physics
+    rng = np.random.default_rng(seed)
+    sampling = physics.realspace_sampling_A(n, MPP, E_EV)
+    probe = physics.probe_real((n, n), sampling, E_EV, SEMI_MRAD, physics.Aberrations(defocus_A=DEFOCUS_A))
+    vac = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
+    vac *= DOSE * STEP_A**2 / vac.sum()
+    dc = np.empty(scan + (n, n), dtype=np.float32)
+    for i in range(scan[0]):
+        dc[i] = rng.poisson(vac, size=(scan[1], n, n))
+    return dc, vac.astype(np.float32)
+
+
+def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
+    from msptycho.io import Calibration
+    from msptycho import physics
+    from msptycho.ptycho import ReconstructionParameters, reconstruct
+    from msptycho.ptycho.kernels_cpu import CPUBackend
+
+    class CountingBackend(CPUBackend):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.count = 0
+
+        def fft2(self, a):
+            self.count += a.shape[0] if a.ndim == 3 else 1
+            super().fft2(a)
+
+        def ifft2(self, a):
+            self.count += a.shape[0] if a.ndim == 3 else 1
+            super().ifft2(a)
+
+    c = CASES[name]
+    it = iterations or c["iterations"]
+    cal = Calibration(energy_eV=E_EV, semiangle_mrad=SEMI_MRAD, scan_step_A=STEP_A, mrad_per_pixel=MPP)
+    ab = physics.Aberrations(defocus_A=DEFOCUS_A)
+    # warm the Numba cache (compilation is not part of an iteration)
+    dcw, vacw = synthetic_datacube((3, 3), 32)
+    calw = Calibration(energy_eV=E_EV, semiangle_mrad=SEMI_MRAD, scan_step_A=STEP_A, mrad_per_pixel=MPP * 4)
+    reconstruct(dcw, calw, ReconstructionParameters(num_slices=2, num_iterations=1, batch_size=4,
+                                                    probe_update_start_iteration=0,
+                                                    position_correction_start_iteration=0,
+                                                    tv_z_weight_VA=0.01, tv_xy_weight_VA=0.01),
+                vacuum_probe_intensity=vacw, initial_aberrations=ab)
+
+    t0 = time.perf_counter()
+    dc, vac = synthetic_datacube(c["scan"], c["n"])
+    t_data = time.perf_counter() - t0
+    if data_dir:
+        np.save(Path(data_dir) / f"{name}_datacube.npy", dc)
+        np.save(Path(data_dir) / f"{name}_vacuum.npy", vac)
+    params = ReconstructionParameters(num_slices=c["nz"], slice_thickness_A=12.0, num_iterations=it,
+                                      batch_size=110, probe_update_start_iteration=0,
+                                      position_correction_start_iteration=0, tv_z_weight_VA=0.01,
+                                      tv_xy_weight_VA=0.01, checkpoint_every=0)
+    be = CountingBackend(params.fft_workers)
+    t0 = time.perf_counter()
+    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=be)
+    t_total = time.perf_counter() - t0
+    per_iter = float(np.mean(res.seconds_history))
+    ffts_per_iter = be.count / it
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    floor, fft_lib = fft_floor(c["n"], params.batch_size, ffts_per_iter, be.workers)
+    nz, (nx, ny) = c["nz"], res.potential_VA.shape[1:]
+    B, n = params.batch_size, c["n"]
+    model_bytes = (nz * nx * ny * 4 * 2            # potential and TV work array
+                   + 2 * nz * B * n * n * 8        # stored incident waves and transmissions
+                   + 4 * B * n * n * 8             # residual/gradient, detector wave, shift derivatives
+                   + 2 * nx * ny * 4)              # gradient and illumination of one slice
+    return dict(case=name, positions=int(dc.shape[0] * dc.shape[1]), window=n, slices=nz,
+                object_px=[int(nx), int(ny)], iterations=it, seconds_per_iteration=per_iter,
+                setup_seconds=t_total - float(np.sum(res.seconds_history)), data_seconds=t_data,
+                ffts_per_iteration=ffts_per_iter, fft_floor_seconds=floor, fft_library=fft_lib,
+                ratio_to_floor=per_iter / floor, peak_rss_GiB=rss_gib,
+                datacube_GiB=dc.nbytes / 1024**3, model_GiB=model_bytes / 1024**3,
+                threads=be.workers, cpu=os.cpu_count())
+
+
+def fft_floor(n, batch, count, workers, min_seconds=2.0):
+    """Seconds for ``count`` unitary complex64 n x n FFTs in batches, best library, extrapolated
+    from at least ``min_seconds`` of measurement."""
+    from scipy.fft._pocketfft import pypocketfft as pfft
+    a = (np.random.default_rng(0).standard_normal((batch, n, n)) * (1 + 1j)).astype(np.complex64)
+    libs = {
+        "scipy-pocketfft": lambda: pfft.c2c(a, (-2, -1), True, 1, a, workers),
+        "numpy": lambda: np.fft.fft2(a, norm="ortho", out=a),
+    }
+    best = (np.inf, "")
+    for name, f in libs.items():
+        f()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < min_seconds / len(libs):
+            f()
+            reps += 1
+        per = (time.perf_counter() - t0) / (reps * batch)
+        best = min(best, (per, name))
+    return best[0] * count, best[1]
+
+
+def run_py4dstem(name, data_dir, iterations):
+    c = CASES[name]
+    script = Path(__file__).with_name("bench_py4dstem.py")
+    out = subprocess.run([VENV_PY, str(script), str(Path(data_dir) / f"{name}_datacube.npy"),
+                          str(Path(data_dir) / f"{name}_vacuum.npy"), str(c["nz"]), str(iterations or 1)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return dict(error=out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=["default"], choices=sorted(CASES))
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--py4dstem", action="store_true")
+    ap.add_argument("--run-case", help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.run_case:
+        print(json.dumps(run_case(a.run_case, a.iterations, a.data_dir)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.cases:
+            cmd = [sys.executable, __file__, "--run-case", name]
+            if a.iterations:
+                cmd += ["--iterations", str(a.iterations)]
+            if a.py4dstem:
+                cmd += ["--data-dir", tmp]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                raise SystemExit(f"case {name} failed")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            if a.py4dstem:
+                row["py4dstem"] = run_py4dstem(name, tmp, a.iterations)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    print_table(rows)
+
+
+def print_table(rows):
+    hdr = ("case", "positions", "window", "slices", "s/iter", "FFTs/iter", "FFT floor s", "x floor",
+           "peak RSS GiB", "cube+model GiB", "py4DSTEM s/iter", "x faster")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        p = r.get("py4dstem", {})
+        ps = p.get("seconds_per_iteration")
+        print("| " + " | ".join([
+            r["case"], str(r["positions"]), f"{r['window']}^2", str(r["slices"]),
+            f"{r['seconds_per_iteration']:.2f}", f"{r['ffts_per_iteration']:.0f}",
+            f"{r['fft_floor_seconds']:.2f} ({r['fft_library']})", f"{r['ratio_to_floor']:.2f}",
+            f"{r['peak_rss_GiB']:.2f}", f"{2 * r['datacube_GiB'] + r['model_GiB']:.2f}",
+            f"{ps:.2f}" if ps else (p.get("error", "-") if p else "-"),
+            f"{ps / r['seconds_per_iteration']:.1f}" if ps else "-"]) + " |")
+    if rows:
+        print(f"\n{rows[0]['threads']} FFT threads on {rows[0]['cpu']} cores; 'cube+model' is twice the "
+              "float32 datacube plus the engine's model and work arrays (the memory goal).")
+
+
+if __name__ == "__main__":
+    main()
