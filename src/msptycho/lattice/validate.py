@@ -170,11 +170,39 @@ def match_points(found_slice, found_xy_A, true_slice, true_xy_A, radius_A: float
             "mean_distance_A": float(np.mean(dists)) if dists else float("nan"), "radius_A": float(radius_A)}
 
 
-def validate_dislocations(result, true_slice, true_x_A, true_y_A, radius_A: float = 3.0) -> dict:
-    """:func:`match_points` of a :class:`~msptycho.lattice.dislocations.DislocationResult` against truth."""
+def validate_dislocations(result, true_slice, true_x_A, true_y_A, radius_A: float = 3.0, particle_mask=None,
+                          min_surface_distance_A: float = 0.0) -> dict:
+    """:func:`match_points` of a :class:`~msptycho.lattice.dislocations.DislocationResult` against truth.
+
+    With ``particle_mask`` (true particle, (nz, nx, ny)) and ``min_surface_distance_A > 0``, true
+    and found points closer than that to the particle's surface in their slice are left out of both
+    lists (a Burgers circuit around them leaves the crystal, so no method sees them);
+    ``n_true_near_surface`` says how many true points that removed.
+    """
     p = result.points
-    return match_points(p["slice"], np.column_stack([p["x_A"], p["y_A"]]), true_slice,
-                        np.column_stack([np.asarray(true_x_A), np.asarray(true_y_A)]), radius_A)
+    fs, fx, fy = (np.asarray(p[k]) for k in ("slice", "x_A", "y_A"))
+    ts, tx, ty = np.asarray(true_slice, dtype=np.int64), np.asarray(true_x_A, float), np.asarray(true_y_A, float)
+    dropped = 0
+    if particle_mask is not None and min_surface_distance_A > 0:
+        pm = np.asarray(particle_mask, dtype=bool)
+        dx, dy = result.sampling_A
+        ox, oy = result.origin_A
+        depth = _edt(pm, dx, dy)
+
+        def keep(s, x, y):
+            i = np.clip(np.rint((x - ox) / dx).astype(int), 0, pm.shape[1] - 1)
+            j = np.clip(np.rint((y - oy) / dy).astype(int), 0, pm.shape[2] - 1)
+            return depth[s, i, j] >= min_surface_distance_A
+
+        kt = keep(ts, tx, ty) if len(ts) else np.zeros(0, bool)
+        kf = keep(fs, fx, fy) if len(fs) else np.zeros(0, bool)
+        dropped = int((~kt).sum())
+        ts, tx, ty = ts[kt], tx[kt], ty[kt]
+        fs, fx, fy = fs[kf], fx[kf], fy[kf]
+    out = match_points(fs, np.column_stack([fx, fy]), ts, np.column_stack([tx, ty]), radius_A)
+    out["n_true_near_surface"] = dropped
+    out["min_surface_distance_A"] = float(min_surface_distance_A)
+    return out
 
 
 def validate_surface(result, truth_particle_mask) -> dict:
