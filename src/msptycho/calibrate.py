@@ -22,7 +22,8 @@ Conventions:
 The optimiser works on coordinates scaled to ``[-1, 1]`` (each parameter's bounds map onto that
 interval), so the Gaussian process's isotropic Matern kernel sees comparable length scales. It
 maximises ``-ln(error)``. Evaluation 0 is the starting point; then ``num_initial_points`` random
-points; then points suggested by the acquisition function. Everything is seeded: the same data,
+points; then points suggested by the acquisition function; the last ``num_posterior_points`` go
+to the maximum of the Gaussian process's posterior mean. Everything is seeded: the same data,
 parameters and settings give the same result.
 
 The layout of ``calibration.json`` is documented in ``workflow/schemas/calibration.md``.
@@ -88,10 +89,17 @@ class CalibrationSettings:
         the trial probe, so the objective measures the trial aberrations themselves).
     position_correction : bool
         Let the engine refine positions during the evaluations (default False).
-    acquisition : {"ucb", "ei"}
-        Acquisition function: upper confidence bound or expected improvement.
+    acquisition : {"ei", "ucb"}
+        Acquisition function: expected improvement or upper confidence bound.
     exploration : float
-        ``kappa`` of the upper confidence bound, or ``xi`` of the expected improvement.
+        ``xi`` of the expected improvement, or ``kappa`` of the upper confidence bound
+        (dimensionless, in units of the GP's normalised ``-ln(error)``).
+    num_posterior_points : int
+        The last this many evaluations probe the maximum of the Gaussian process's posterior mean
+        of ``-ln(error)`` (pure exploitation: the model's best guess) instead of the acquisition
+        function's.
+    acquisition_restarts : int
+        L-BFGS-B starts (after 10 000 random samples) when maximising the acquisition function.
     seed : int
         Seed of the random points, the Gaussian process and the acquisition's optimiser.
     """
@@ -108,8 +116,10 @@ class CalibrationSettings:
     astigmatism_range_A: float = 20.0
     update_probe: bool = False
     position_correction: bool = False
-    acquisition: str = "ucb"
-    exploration: float = 2.576
+    acquisition: str = "ei"
+    exploration: float = 0.01
+    num_posterior_points: int = 1
+    acquisition_restarts: int = 3
     seed: int = 0
 
     def validate(self, source: str = "calibration settings") -> "CalibrationSettings":
@@ -124,12 +134,17 @@ class CalibrationSettings:
             return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
                 and math.isfinite(v)
 
-        for name in ("num_evaluations", "num_initial_points", "iterations_per_evaluation"):
+        for name in ("num_evaluations", "num_initial_points", "iterations_per_evaluation", "acquisition_restarts"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "a positive integer")
         if self.num_evaluations < self.num_initial_points + 2:
             bad("num_evaluations", f"at least num_initial_points + 2 = {self.num_initial_points + 2} "
                                    "(the starting point, the random points and one guided point)")
+        if not is_int(self.num_posterior_points) or self.num_posterior_points < 0:
+            bad("num_posterior_points", "a non-negative integer")
+        if self.num_evaluations < 1 + self.num_initial_points + self.num_posterior_points:
+            bad("num_evaluations", f"at least 1 + num_initial_points + num_posterior_points = "
+                                   f"{1 + self.num_initial_points + self.num_posterior_points}")
         if not is_int(self.central_positions) or self.central_positions < 3:
             bad("central_positions", "an integer of at least 3 (a 3 x 3 square of scan positions)")
         if not is_num(self.defocus_range_fraction) or self.defocus_range_fraction < 0:
@@ -150,7 +165,7 @@ class CalibrationSettings:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, "true or false")
         if self.acquisition not in ("ucb", "ei"):
-            bad("acquisition", "'ucb' (upper confidence bound) or 'ei' (expected improvement)")
+            bad("acquisition", "'ei' (expected improvement) or 'ucb' (upper confidence bound)")
         if not is_num(self.exploration) or self.exploration < 0:
             bad("exploration", "a non-negative number")
         if not is_int(self.seed) or self.seed < 0:
@@ -184,7 +199,8 @@ class Evaluation:
     index : int
         0-based evaluation number.
     kind : str
-        ``"start"`` (the starting estimates), ``"random"`` or ``"guided"`` (acquisition function).
+        ``"start"`` (the starting estimates), ``"random"``, ``"guided"`` (acquisition function) or
+        ``"posterior"`` (maximum of the Gaussian process's posterior mean).
     parameters : dict
         Values of the optimised parameters (names of :data:`PARAMETER_NAMES`, units in the names).
     objective : float
@@ -387,6 +403,42 @@ def _check_inputs(datacube, calibration, start_aberrations, start_rotation_deg, 
     return shape
 
 
+def _posterior_maximum(opt, names, seen, seed, index, n_candidates=2000):
+    """Maximum of the Gaussian process's posterior mean (pure exploitation), in scaled
+    coordinates: the best of the evaluated points and ``n_candidates`` seeded random points,
+    polished by L-BFGS-B on the posterior mean."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng([seed, index])
+    cand = np.vstack([rng.uniform(-1.0, 1.0, (n_candidates, len(names))), np.array(seen)])
+    mu = np.asarray(opt.predict([dict(zip(names, c)) for c in cand], fit_gp=True))
+    x0 = cand[int(np.argmax(mu))]
+    res = minimize(lambda x: -float(opt.predict(dict(zip(names, x)), fit_gp=False)), x0,
+                   method="L-BFGS-B", bounds=[(-1.0, 1.0)] * len(names))
+    x = res.x if (res.success and -res.fun >= mu.max()) else x0
+    return {k: float(v) for k, v in zip(names, x)}
+
+
+def _acquisition(settings: CalibrationSettings):
+    """The ``bayes_opt`` acquisition function of ``settings``, with ``acquisition_restarts``
+    L-BFGS-B starts instead of the library's 10 (the acquisition is cheap to maximise in a few
+    dimensions, and its cost matters when an evaluation takes under a second)."""
+    from bayes_opt import acquisition
+
+    if settings.acquisition == "ucb":
+        base, kw = acquisition.UpperConfidenceBound, {"kappa": float(settings.exploration)}
+    else:
+        base, kw = acquisition.ExpectedImprovement, {"xi": float(settings.exploration)}
+    restarts = int(settings.acquisition_restarts)
+
+    class _Acquisition(base):
+        def suggest(self, gp, target_space, n_random=10_000, n_smart=10, fit_gp=True, random_state=None):
+            return super().suggest(gp, target_space, n_random=n_random, n_smart=restarts, fit_gp=fit_gp,
+                                   random_state=random_state)
+
+    return _Acquisition(**kw)
+
+
 def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Aberrations,
               start_rotation_deg: float, recon_params=None, settings: CalibrationSettings | None = None,
               logger: logging.Logger | None = None, *, transpose: bool = False,
@@ -427,7 +479,7 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
         Bad settings, a scan smaller than the central square, non-finite starting values or a
         datacube of the wrong shape.
     """
-    from bayes_opt import BayesianOptimization, acquisition
+    from bayes_opt import BayesianOptimization
 
     from .ptycho import ReconstructionParameters, reconstruct
 
@@ -487,10 +539,7 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
         err = float(res.error_history[-1])
         return (err if math.isfinite(err) else math.nan), dt
 
-    if settings.acquisition == "ucb":
-        acq = acquisition.UpperConfidenceBound(kappa=settings.exploration)
-    else:
-        acq = acquisition.ExpectedImprovement(xi=settings.exploration)
+    acq = _acquisition(settings)
     opt = BayesianOptimization(f=None, pbounds={k: (-1.0, 1.0) for k in names}, acquisition_function=acq,
                                random_state=settings.seed, verbose=0, allow_duplicate_points=False)
 
@@ -509,12 +558,18 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
             kind, u = "start", to_unit(start_opt)
         elif i <= settings.num_initial_points:
             kind, u = "random", opt.random_sample(1)[0]
+        elif i >= settings.num_evaluations - settings.num_posterior_points:
+            kind, u = "posterior", _posterior_maximum(opt, names, seen, settings.seed, i)
         else:
             kind, u = "guided", opt.suggest()
         u = {k: float(np.clip(u[k], -1.0, 1.0)) for k in names}
         x = np.array([u[k] for k in names])
+        if any(np.allclose(x, s, rtol=0, atol=1e-6) for s in seen) and kind == "posterior":
+            kind, u = "guided", opt.suggest()  # the posterior's maximum is known already: explore
+            u = {k: float(np.clip(u[k], -1.0, 1.0)) for k in names}
+            x = np.array([u[k] for k in names])
         if any(np.allclose(x, s, rtol=0, atol=1e-9) for s in seen):
-            kind, u = "random", opt.random_sample(1)[0]  # a repeated suggestion would teach the GP nothing
+            kind, u = "random", opt.random_sample(1)[0]  # a repeated point would teach the GP nothing
             x = np.array([u[k] for k in names])
         values = to_values(u)
         err, dt = evaluate(values)
