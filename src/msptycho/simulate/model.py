@@ -232,7 +232,7 @@ class Deformation:
         """Multivalued part ``b/(2 pi) theta`` with the cut along ``phi_cut`` (global x, y)."""
         R = X[:, :2] - d["pos"]
         psi = np.arctan2(R[:, 1], R[:, 0])
-        th = np.mod(psi - d["phi_cut"] - np.pi, 2 * np.pi) - np.pi  # cut where psi == phi_cut
+        th = np.mod(psi - d["phi_cut"], 2 * np.pi) - np.pi  # jumps by 2 pi where psi == phi_cut
         ux = d["b"][0] / (2 * np.pi) * th
         uy = d["b"][1] / (2 * np.pi) * th
         wz = self.dislocation_weight(d, X[:, 2])
@@ -252,7 +252,9 @@ class Deformation:
         """In-plane distortion ``G[n, i, j] = d u_i / d X_j`` (i, j in x, y) at ``X`` (N, 3).
 
         The smooth fields are differentiated by central differences (step 1e-4 A, error ~1e-8);
-        the angle term of each dislocation analytically (``grad theta = (-y, x) / r^2``).
+        the angle term of each dislocation analytically (``grad theta = (-y, x) / r^2``, exact, as
+        the atoms carry the exact angle; the strain therefore diverges as 1/r at a dislocation
+        line, while the single-valued part of its field is regularised over 1 A).
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         G = np.zeros((len(X), 2, 2))
@@ -265,7 +267,7 @@ class Deformation:
             G[:, :, j] = (self._smooth_displacement(Xp)[:, :2] - self._smooth_displacement(Xm)[:, :2]) / (2 * h)
         for d in self.dislocations:
             R = X[:, :2] - d["pos"]
-            r2 = np.sum(R**2, axis=1) + _DISLOCATION_CORE_A**2
+            r2 = np.maximum(np.sum(R**2, axis=1), 1e-4)  # exact: the atoms carry the exact angle term
             gth = np.stack([-R[:, 1] / r2, R[:, 0] / r2], axis=1)  # d theta / d (x, y)
             wz = self.dislocation_weight(d, X[:, 2])
             for i in range(2):

@@ -97,11 +97,14 @@ class PatternSimulator:
         (``i0 > i1`` for an empty slice); slices whose box misses every window of a batch are skipped.
     workers : int
         Threads of scipy.fft (-1: all).
+    periodic : bool
+        The field is one period of a laterally periodic specimen and exactly one window large:
+        every probe uses the whole field, placed at its position modulo the period.
     """
 
     def __init__(self, transmissions, slice_thickness_A, sampling_A, origin_A, window_px, energy_eV,
                  semiangle_mrad, aberrations, detector_pixels, detector_mrad_per_pixel,
-                 aperture_edge_mrad=0.0, occupied=None, workers=-1):
+                 aperture_edge_mrad=0.0, occupied=None, workers=-1, periodic=False):
         self.t = transmissions
         self.dz = np.asarray(slice_thickness_A, dtype=float)
         if self.t is not None and len(self.dz) != self.t.shape[0]:
@@ -124,6 +127,9 @@ class PatternSimulator:
         dk_det = physics.mrad_to_inv_A(detector_mrad_per_pixel, energy_eV)
         self.M = binning_matrix(self.W, dk_sim, int(detector_pixels), dk_det)
         self.occupied = occupied
+        self.periodic = bool(periodic)
+        if self.periodic and self.t is not None and self.t.shape[1:] != (self.W, self.W):
+            raise ValueError("a periodic field must be exactly one window (window_px x window_px) large.")
         self._prop = {}
 
     def propagator(self, dz_A: float) -> np.ndarray:
@@ -134,6 +140,8 @@ class PatternSimulator:
 
     def window_starts(self, positions_A: np.ndarray) -> np.ndarray:
         """First pixel (i, j) of the window around each position (N, 2)."""
+        if self.periodic:
+            return np.zeros((len(positions_A), 2), dtype=np.int64)
         return np.round((positions_A - self.origin) / self.s).astype(np.int64) - self.W // 2
 
     def probes(self, positions_A: np.ndarray, starts: np.ndarray) -> np.ndarray:
