@@ -1,14 +1,17 @@
 """Drift correction of an orthogonal scan pair (Ophus, Ciston & Nelson, Ultramicroscopy 162 (2016) 1-9).
 
-Geometry (all positions in pixels of the first image, arrays indexed ``[x, y]`` as everywhere in
-the project):
+Geometry (positions in pixels of the output frame, arrays indexed ``[x, y]`` as everywhere in the
+project). Three layouts of the pair are understood (``pair_layout``):
 
-* ``image_0deg[i, j]`` was recorded at the ideal position ``(x, y) = (i, j)``: scan line ``i`` is
-  array row ``i`` and the fast scan axis runs along ``y`` (the second index).
-* ``image_90deg`` is given *as recorded* (its rows are its scan lines, in time order). With
-  ``orientation_90deg="transpose"`` (default) ``image_90deg[i, j]`` sits at ``(x, y) = (j, i)``,
-  i.e. ``image_90deg.T`` is the first image without drift; with ``"rot90"`` the second image is
-  ``numpy.rot90`` of the first (``image_90deg[i, j]`` at ``(j, ny - 1 - i)``).
+* ``"nominal"`` (default; the layout of ``scan_pair.h5``, ``workflow/schemas/scan_pair.md``): both
+  images on the nominal grid, ``image[i, j]`` at ``(x, y) = (i, j)``; the 0-degree image has its
+  fast scan axis along x (the first index: its scan lines are the columns ``image[:, j]``, in time
+  order of ``j``), the 90-degree image along y (its scan lines are the rows ``image[i, :]``).
+* ``"transposed"``: both images as recorded, rows are scan lines in time order; ``image_0deg[i, j]``
+  sits at ``(i, j)`` (fast axis along y) and ``image_90deg[i, j]`` at ``(j, i)``, i.e.
+  ``image_90deg.T`` is the first image without drift.
+* ``"rot90"``: as ``"transposed"`` but the second image is ``numpy.rot90`` of the first
+  (``image_90deg[i, j]`` at ``(j, ny - 1 - i)``).
 
 Model: every scan line is a rigid row of pixels one pixel apart along its fast direction ``u``; only
 its origin (position of pixel 0) moves with drift. The method
@@ -33,6 +36,7 @@ in first-image pixels, before removal of the common translation.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +44,7 @@ from scipy import ndimage
 
 from .io.datacube import InputError
 
-ORIENTATIONS = ("transpose", "rot90")
+LAYOUTS = ("nominal", "transposed", "rot90")
 
 
 @dataclass
@@ -62,8 +66,9 @@ class DriftResult:
         Padding of the output grid; output pixel ``(p, q)`` is at ``(p - pad_px, q - pad_px)`` in
         pixels of the first image.
     origins_px : tuple of two ndarrays (n_lines_k, 2)
-        Corrected origin ``(x, y)`` of every scan line (in time order) of each image, output-grid
-        pixels.
+        Corrected origin ``(x, y)`` (position of the line's first pixel) of every scan line, in
+        time order, of the 0-degree and the 90-degree image, output-grid pixels. (For the
+        ``"nominal"`` layout the 0-degree image's lines are its columns.)
     ideal_origins_px : tuple of two ndarrays (n_lines_k, 2)
         Origins of a drift-free scan, output-grid pixels.
     fast_directions : ndarray (2, 2)
@@ -71,12 +76,17 @@ class DriftResult:
     linear_drift_px : ndarray (2,)
         Linear drift found by the grid search: displacement ``(x, y)`` over one frame, pixels.
     translation_px : ndarray (2,)
-        Translation applied to the second image after the linear search, pixels.
+        Translation of the second image relative to the offset predicted by the linear drift
+        (continuous in time, ``frame_gap``), pixels.
     residual_initial, residual_linear, residual_final : float
         RMS difference of the two resampled (normalised) images over their common area, relative
         to the RMS of the image: with the ideal raster, after the linear search, at the end.
     residual_history : list of float
         Residual after each refinement iteration.
+    informative : tuple of two bool ndarrays (n_lines_k,)
+        Scan lines whose position was measured in the last refinement iteration (structure in
+        the overlap of both images); the others (vacuum, no overlap) hold the offset of their
+        nearest measured neighbour. All False when ``refine_iterations`` is 0.
     """
 
     image: np.ndarray
@@ -93,6 +103,7 @@ class DriftResult:
     residual_linear: float
     residual_final: float
     residual_history: list = field(default_factory=list)
+    informative: tuple = ()
 
     @property
     def drift_px(self) -> tuple:
@@ -135,17 +146,14 @@ def splat(positions_px: np.ndarray, values: np.ndarray, shape: tuple[int, int],
     fy = pos[:, 1] - y0
     x0 = x0.astype(np.int64)
     y0 = y0.astype(np.int64)
-    acc = np.zeros(h * w)
-    wacc = np.zeros(h * w)
-    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        xi = x0 + dx
-        yi = y0 + dy
-        ok = (xi >= 0) & (xi < h) & (yi >= 0) & (yi < w)
-        idx = xi[ok] * w + yi[ok]
-        acc += np.bincount(idx, weights=wt[ok] * val[ok], minlength=h * w)
-        wacc += np.bincount(idx, weights=wt[ok], minlength=h * w)
-    acc = acc.reshape(h, w)
-    wacc = wacc.reshape(h, w)
+    xi = np.concatenate([x0, x0 + 1, x0, x0 + 1])
+    yi = np.concatenate([y0, y0, y0 + 1, y0 + 1])
+    wt = np.concatenate([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
+    ok = (xi >= 0) & (xi < h) & (yi >= 0) & (yi < w)
+    idx = xi[ok] * w + yi[ok]
+    wt = wt[ok]
+    acc = np.bincount(idx, weights=wt * np.tile(val, 4)[ok], minlength=h * w).reshape(h, w)
+    wacc = np.bincount(idx, weights=wt, minlength=h * w).reshape(h, w)
     if kernel_sigma_px > 0:  # unit-sum kernel: one sample per pixel keeps weight ~1
         acc = ndimage.gaussian_filter(acc, kernel_sigma_px, mode="constant")
         wacc = ndimage.gaussian_filter(wacc, kernel_sigma_px, mode="constant")
@@ -157,20 +165,21 @@ def splat(positions_px: np.ndarray, values: np.ndarray, shape: tuple[int, int],
 # geometry of the pair
 
 
-def _check_pair(image_0deg, image_90deg, pixel_size_A, orientation_90deg):
+def _check_pair(image_0deg, image_90deg, pixel_size_A, pair_layout):
     a = np.asarray(image_0deg)
     b = np.asarray(image_90deg)
     if a.ndim != 2 or b.ndim != 2:
         raise InputError(f"scan pair: both images must be 2-D, got shapes {a.shape} and {b.shape}.")
-    if orientation_90deg not in ORIENTATIONS:
-        raise InputError(f"scan pair: orientation_90deg must be one of {ORIENTATIONS}, got {orientation_90deg!r}.")
-    if b.shape != a.shape[::-1]:
+    if pair_layout not in LAYOUTS:
+        raise InputError(f"scan pair: pair_layout must be one of {LAYOUTS}, got {pair_layout!r}.")
+    expected = a.shape if pair_layout == "nominal" else a.shape[::-1]
+    if b.shape != expected:
         raise InputError(
             f"scan pair: the 90-degree image has shape {b.shape} but the 0-degree image has shape "
-            f"{a.shape}; expected the 90-degree image as recorded, of shape {a.shape[::-1]}.")
+            f"{a.shape}; expected {expected} for pair_layout '{pair_layout}'.")
     if min(a.shape) < 16:
         raise InputError(f"scan pair: images of shape {a.shape} are too small; expected at least 16 x 16 pixels.")
-    if np.isscalar(pixel_size_A) or np.ndim(pixel_size_A) == 0:
+    if np.ndim(pixel_size_A) == 0:
         p0 = p1 = float(pixel_size_A)
     else:
         if len(pixel_size_A) != 2:
@@ -191,17 +200,23 @@ def _check_pair(image_0deg, image_90deg, pixel_size_A, orientation_90deg):
     return a.astype(np.float64), b.astype(np.float64), p0
 
 
-def _geometry(shape0, orientation_90deg, pad):
-    """Ideal origins (n_lines, 2) and fast directions of both images, output-grid pixels."""
-    nx, ny = shape0
-    o0 = np.stack([np.arange(nx, dtype=float), np.zeros(nx)], axis=1) + pad
-    u0 = np.array([0.0, 1.0])
-    if orientation_90deg == "transpose":
-        o1 = np.stack([np.zeros(ny), np.arange(ny, dtype=float)], axis=1) + pad
-    else:  # rot90: line i of the recorded image is the sample column y = ny - 1 - i
-        o1 = np.stack([np.zeros(ny), ny - 1 - np.arange(ny, dtype=float)], axis=1) + pad
-    u1 = np.array([1.0, 0.0])
-    return (o0, o1), np.stack([u0, u1])
+def _geometry(im0, im1, pair_layout, pad):
+    """Scan lines (n_lines, n_fast) in time order, ideal line origins (n_lines, 2) in output-grid
+    pixels and unit fast directions of both images, and the frame shape."""
+    if pair_layout == "nominal":
+        nx, ny = im0.shape
+        lines = (im0.T, im1)
+        o0 = np.stack([np.zeros(ny), np.arange(ny, dtype=float)], axis=1)
+        o1 = np.stack([np.arange(nx, dtype=float), np.zeros(nx)], axis=1)
+        dirs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    else:
+        nx, ny = im0.shape
+        lines = (im0, im1)
+        o0 = np.stack([np.arange(nx, dtype=float), np.zeros(nx)], axis=1)
+        y1 = np.arange(ny, dtype=float) if pair_layout == "transposed" else ny - 1 - np.arange(ny, dtype=float)
+        o1 = np.stack([np.zeros(ny), y1], axis=1)
+        dirs = np.array([[0.0, 1.0], [1.0, 0.0]])
+    return lines, (o0 + pad, o1 + pad), dirs, (nx, ny)
 
 
 def _positions(origins, u, n_fast):
@@ -236,9 +251,11 @@ def _residual(res, wts):
     return float(np.sqrt(np.mean((d - d.mean()) ** 2)) / scale)
 
 
-def _cross_correlate(res, wts):
+def _cross_correlate(res, wts, max_shift_px):
     """Normalised cross-correlation of the two resampled images; returns (score, shift (2,))
-    by which the second image must move to match the first (sub-pixel, parabolic)."""
+    by which the second image must move to match the first (sub-pixel, parabolic), searched
+    within +-max_shift_px per axis with a Gaussian preference (sigma max_shift_px) for small
+    shifts: a crystal correlates equally well at every lattice vector."""
     shape = res.shape[1:]
     win = np.outer(np.hanning(shape[0]), np.hanning(shape[1]))
     a_list = []
@@ -252,7 +269,12 @@ def _cross_correlate(res, wts):
     fb = np.fft.rfft2(a_list[1])
     cc = np.fft.irfft2(fa * np.conj(fb), s=shape)
     norm = np.sqrt(np.sum(a_list[0] ** 2) * np.sum(a_list[1] ** 2))
-    k = np.unravel_index(np.argmax(cc), shape)
+    tx = np.fft.fftfreq(shape[0], 1.0 / shape[0])[:, None]
+    ty = np.fft.fftfreq(shape[1], 1.0 / shape[1])[None, :]
+    r = max(float(max_shift_px), 1.0)
+    inside = (np.abs(tx) <= r) & (np.abs(ty) <= r)
+    prior = np.where(inside, np.exp(-(tx**2 + ty**2) / (2 * r**2)), 0.0)
+    k = np.unravel_index(np.argmax(np.where(inside, (cc - cc.min()) * prior, -1.0)), shape)
     peak = cc[k] / norm
     shift = np.zeros(2)
     for ax in range(2):
@@ -270,76 +292,140 @@ def _cross_correlate(res, wts):
     return float(peak), shift
 
 
-def _apply_linear(ideal, drift_frame_px):
-    """Origins of a scan whose lines drift linearly by drift_frame_px (x, y) over one frame."""
+def _apply_linear(ideal, drift_frame_px, t0=0.0):
+    """Origins of a scan whose lines drift linearly by drift_frame_px (x, y) per frame, the scan
+    starting at time t0 (frames)."""
     n = ideal.shape[0]
-    t = np.arange(n, dtype=float) / n
+    t = t0 + np.arange(n, dtype=float) / n
     return ideal + t[:, None] * np.asarray(drift_frame_px)[None, :]
+
+
+def _centre(origins, ideal):
+    """Remove the mean displacement of all lines of both images (not defined by the data)."""
+    common = np.concatenate([o - i for o, i in zip(origins, ideal)]).mean(axis=0)
+    return [o - common for o in origins]
 
 
 # --------------------------------------------------------------------------------------------
 # the method
 
 
-def correct_drift(image_0deg, image_90deg, pixel_size_A, *, orientation_90deg: str = "transpose",
-                  linear_search_max_frac: float = 0.08, linear_search_steps: int = 9,
-                  refine_iterations: int = 10, refine_search_px: float = 2.0,
-                  refine_offsets: int = 9, refine_min_search_px: float = 0.25,
-                  line_smoothing_sigma: float = 2.0, kernel_sigma_px: float = 0.5,
-                  pad_frac: float = 0.1) -> DriftResult:
+@dataclass
+class DriftSettings:
+    """Parameters of :func:`correct_drift` (the ``drift`` section of the workflow config).
+
+    Attributes
+    ----------
+    pair_layout : str
+        How the two images are stored: ``nominal`` (both on the nominal grid, 0-degree fast axis
+        along x = first index, as in scan_pair.h5), ``transposed`` (both as recorded, rows are scan
+        lines; the second is the transpose of the first) or ``rot90``.
+    linear_search_max_frac : float
+        Largest linear drift searched, per frame and axis, as a fraction of the image size.
+    linear_search_steps : int
+        Grid points per axis of the linear-drift search (a second grid of the same size follows
+        around the best point, one coarse step wide).
+    refine_iterations : int
+        Iterations of the per-line origin refinement (0: linear correction only).
+    refine_search_px : float
+        Half-width of the per-line offset search in the first iteration, pixels; halves every
+        iteration down to refine_min_search_px.
+    refine_offsets : int
+        Offsets per axis in the per-line search grid (odd, at least 3).
+    refine_min_search_px : float
+        Smallest half-width of the per-line offset search, pixels.
+    line_smoothing_sigma : float
+        Gaussian smoothing of the per-line offsets along the slow scan axis, in scan lines (0: none).
+    kernel_sigma_px : float
+        Gaussian kernel of the resampling onto the output grid, pixels.
+    pad_frac : float
+        Padding of the output grid on each side, as a fraction of the larger image size.
+    coarse_blur_px : float
+        Gaussian low-pass (pixels) of the images for the linear search and the first refinement
+        iteration; it shrinks with the search window (``coarse_blur_px * search / refine_search_px``).
+        Blurring away the lattice keeps a crystal's repeating correlation peaks from trapping the
+        search.
+    min_line_contrast : float
+        A scan line is refined only if its mismatch score over the offset window varies by at least
+        this fraction of the typical (median over lines) best score: lines through vacuum or pure
+        noise do not; they take the offsets of their nearest refined neighbours.
+    frame_gap : float
+        Time from the end of the first frame to the start of the second, in frame times: with the
+        linear drift it predicts the offset of the second frame, around which the translation
+        between the frames is searched.
+    translation_search_frac : float
+        Half-width of that translation search, per axis, as a fraction of the image size (keep it
+        below half a lattice period's worth for crystals, whose correlation repeats).
+    """
+
+    pair_layout: str = "nominal"
+    linear_search_max_frac: float = 0.08
+    linear_search_steps: int = 7
+    refine_iterations: int = 10
+    refine_search_px: float = 2.0
+    refine_offsets: int = 7
+    refine_min_search_px: float = 0.25
+    line_smoothing_sigma: float = 2.0
+    kernel_sigma_px: float = 0.5
+    pad_frac: float = 0.1
+    coarse_blur_px: float = 3.0
+    min_line_contrast: float = 0.1
+    frame_gap: float = 0.0
+    translation_search_frac: float = 0.05
+
+
+def correct_drift(image_0deg, image_90deg, pixel_size_A, settings: DriftSettings | None = None,
+                  **overrides) -> DriftResult:
     """Correct linear and non-linear drift of an orthogonal scan pair.
 
     Parameters
     ----------
     image_0deg : array_like (nx, ny)
-        Image with the fast scan axis along its second index (rows are scan lines, in time order).
-    image_90deg : array_like (ny, nx)
-        The orthogonal image of the same area, as recorded (rows are its scan lines); see the
-        module docstring and ``orientation_90deg``.
+        Image with the 0-degree fast scan axis (see ``pair_layout`` and the module docstring).
+    image_90deg : array_like
+        The orthogonal image of the same area: shape (nx, ny) for ``pair_layout="nominal"``,
+        (ny, nx) as recorded otherwise.
     pixel_size_A : float or (float, float)
         Pixel size of the images, Angstrom (one value, or one per image: they must agree).
-    orientation_90deg : {"transpose", "rot90"}
-        How the second image maps onto the first: ``image_90deg.T`` or ``numpy.rot90`` of it.
-    linear_search_max_frac : float
-        Largest linear drift searched, per frame and axis, as a fraction of the image size.
-    linear_search_steps : int
-        Grid points per axis of the linear-drift search (a second, finer grid of the same size
-        follows around the best point).
-    refine_iterations : int
-        Iterations of the per-line origin refinement (0 stops after the linear search).
-    refine_search_px : float
-        Half-width of the per-line offset search in the first iteration, pixels; it halves every
-        iteration down to ``refine_min_search_px``.
-    refine_offsets : int
-        Offsets per axis in the per-line search grid (odd).
-    refine_min_search_px : float
-        Smallest half-width of the per-line offset search, pixels.
-    line_smoothing_sigma : float
-        Gaussian smoothing of the per-line offsets along the slow scan axis, lines (0: none).
-    kernel_sigma_px : float
-        Gaussian kernel used when resampling the images onto the output grid, pixels.
-    pad_frac : float
-        Padding of the output grid on each side, as a fraction of the larger image size.
+    settings : DriftSettings, optional
+        Parameters (defaults of :class:`DriftSettings`).
+    **overrides
+        Any field of :class:`DriftSettings`, overriding ``settings``.
 
     Returns
     -------
     DriftResult
+        On the output frame: the nominal grid of ``image_0deg`` (``"nominal"``,
+        ``"transposed"``, ``"rot90"`` alike), padded by ``pad_px`` on each side.
 
     Raises
     ------
     InputError
-        If the shapes or pixel sizes of the pair disagree, or an image is not finite.
+        If the shapes or pixel sizes of the pair disagree, or an image is not finite or constant.
     """
-    im0, im1, px = _check_pair(image_0deg, image_90deg, pixel_size_A, orientation_90deg)
+    st = dataclasses.replace(settings or DriftSettings(), **overrides)
+    pair_layout = st.pair_layout
+    linear_search_max_frac, linear_search_steps = st.linear_search_max_frac, st.linear_search_steps
+    refine_iterations, refine_search_px = st.refine_iterations, st.refine_search_px
+    refine_offsets, refine_min_search_px = st.refine_offsets, st.refine_min_search_px
+    line_smoothing_sigma, kernel_sigma_px, pad_frac = st.line_smoothing_sigma, st.kernel_sigma_px, st.pad_frac
+    im0, im1, px = _check_pair(image_0deg, image_90deg, pixel_size_A, pair_layout)
     if refine_offsets < 3 or refine_offsets % 2 == 0:
         raise ValueError(f"refine_offsets must be an odd integer >= 3, got {refine_offsets!r}")
     if linear_search_steps < 1:
         raise ValueError(f"linear_search_steps must be >= 1, got {linear_search_steps!r}")
-    nx, ny = im0.shape
-    pad = int(math.ceil(pad_frac * max(nx, ny))) + 2
+    pad = int(math.ceil(pad_frac * max(im0.shape))) + 2
+    lines, ideal, dirs, (nx, ny) = _geometry(im0, im1, pair_layout, pad)
     shape = (nx + 2 * pad, ny + 2 * pad)
-    ideal, dirs = _geometry(im0.shape, orientation_90deg, pad)
-    norm = [_normalise(im0), _normalise(im1)]
+    norm = [_normalise(lines[0]), _normalise(lines[1])]
+
+    def blurred(sigma_px):
+        """The normalised lines low-pass filtered (along and across the lines)."""
+        if sigma_px <= 0.05:
+            return norm
+        return [_normalise(ndimage.gaussian_filter(n, sigma_px)) for n in norm]
+
+    coarse = blurred(st.coarse_blur_px)
     sig = kernel_sigma_px
 
     res, wts = _resample_pair(norm, ideal, dirs, shape, sig)
@@ -347,6 +433,8 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, orientation_90deg: s
 
     # 1. linear drift search (coarse grid, then a finer grid around the best point)
     dmax = linear_search_max_frac * np.array([nx, ny], dtype=float)
+    max_shift = st.translation_search_frac * max(nx, ny)
+    t1 = 1.0 + st.frame_gap
     centre = np.zeros(2)
     half = dmax.copy()
     best = (-np.inf, np.zeros(2), np.zeros(2))
@@ -360,54 +448,51 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, orientation_90deg: s
         for dx in grid_x:
             for dy in grid_y:
                 d = np.array([dx, dy])
-                origins = (_apply_linear(ideal[0], d), _apply_linear(ideal[1], d))
-                r, w = _resample_pair(norm, origins, dirs, shape, sig)
-                score, shift = _cross_correlate(r, w)
+                origins = _centre((_apply_linear(ideal[0], d), _apply_linear(ideal[1], d, t1)), ideal)
+                r, w = _resample_pair(coarse, origins, dirs, shape, sig)
+                score, shift = _cross_correlate(r, w, max_shift)
                 if score > best[0]:
                     best = (score, d, shift)
         centre = best[1]
         half = half / max(1, (linear_search_steps - 1) / 2)
     linear_drift = best[1]
-    origins = [_apply_linear(ideal[0], linear_drift), _apply_linear(ideal[1], linear_drift)]
+    origins = _centre([_apply_linear(ideal[0], linear_drift), _apply_linear(ideal[1], linear_drift, t1)], ideal)
     # align the second image by the correlation peak (iterate: the peak is sub-pixel)
     translation = np.zeros(2)
     for _ in range(3):
-        r, w = _resample_pair(norm, origins, dirs, shape, sig)
-        _, shift = _cross_correlate(r, w)
+        r, w = _resample_pair(coarse, origins, dirs, shape, sig)
+        _, shift = _cross_correlate(r, w, max_shift - np.abs(translation).max())
         origins[1] = origins[1] + shift
         translation += shift
         if np.hypot(*shift) < 0.02:
             break
-    # split the translation between both images so the result stays centred
-    origins[0] = origins[0] - translation / 2
-    origins[1] = origins[1] - translation / 2
+    origins = _centre(origins, ideal)
     res, wts = _resample_pair(norm, origins, dirs, shape, sig)
     residual_linear = _residual(res, wts)
 
     # 2. per-line refinement against the other image
     history = []
+    informative = [np.zeros(len(o), dtype=bool) for o in origins]
     search = float(refine_search_px)
     for _it in range(refine_iterations):
         offs = np.linspace(-search, search, refine_offsets)
         step = offs[1] - offs[0]
-        total = []
+        lines_it = blurred(st.coarse_blur_px * search / refine_search_px)
         for k in (0, 1):
             other = 1 - k
-            res, wts = _resample_pair(norm, origins, dirs, shape, sig)
-            delta = _line_offsets(norm[k], origins[k], dirs[k], res[other], wts[other], offs, step)
+            res, wts = _resample_pair(lines_it, origins, dirs, shape, sig)
+            delta, informative[k] = _line_offsets(lines_it[k], origins[k], dirs[k], res[other], wts[other],
+                                                  offs, step, st.min_line_contrast)
             if line_smoothing_sigma > 0:
                 delta = ndimage.gaussian_filter1d(delta, line_smoothing_sigma, axis=0, mode="nearest")
             origins[k] = origins[k] + delta
-            total.append(delta)
-        common = np.concatenate(total).mean(axis=0)
-        origins[0] = origins[0] - common
-        origins[1] = origins[1] - common
+        origins = _centre(origins, ideal)
         res, wts = _resample_pair(norm, origins, dirs, shape, sig)
         history.append(_residual(res, wts))
         search = max(refine_min_search_px, search / 2)
 
     # 3. combined image from the original intensities
-    res, wts = _resample_pair([im0, im1], origins, dirs, shape, sig)
+    res, wts = _resample_pair(list(lines), origins, dirs, shape, sig)
     res_n, wts_n = _resample_pair(norm, origins, dirs, shape, sig)
     residual_final = _residual(res_n, wts_n)
     coverage = wts.sum(axis=0)
@@ -419,31 +504,38 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, orientation_90deg: s
                        fast_directions=dirs, linear_drift_px=np.asarray(linear_drift, dtype=float),
                        translation_px=translation, residual_initial=residual_initial,
                        residual_linear=residual_linear, residual_final=residual_final,
-                       residual_history=history)
+                       residual_history=history, informative=(informative[0], informative[1]))
 
 
-def _line_offsets(image, origins, u, reference, ref_weight, offsets, step):
+def _line_offsets(image, origins, u, reference, ref_weight, offsets, step, min_contrast=0.0):
     """Best 2-D offset of each scan line of ``image`` against ``reference`` (n_lines, 2), px."""
     n_lines, n_fast = image.shape
     pos = _positions(origins, u, n_fast)  # (L, F, 2)
     no = len(offsets)
     ox, oy = np.meshgrid(offsets, offsets, indexing="ij")
     ssd = np.empty((no, no, n_lines))
-    valid_ref = ref_weight > 0.5
-    vmap = valid_ref.astype(np.float64)
+    # NaN marks the reference's uncovered pixels: bilinear sampling propagates it to every sample
+    # that touches one, which is how samples outside the overlap are recognised
+    ref = np.where(ref_weight > 0.5, reference, np.nan)
     for a in range(no):
         for b in range(no):
             cx = pos[..., 0] + ox[a, b]
             cy = pos[..., 1] + oy[a, b]
             coords = np.stack([cx.ravel(), cy.ravel()])
-            s = ndimage.map_coordinates(reference, coords, order=1, mode="constant").reshape(n_lines, n_fast)
-            v = ndimage.map_coordinates(vmap, coords, order=1, mode="constant").reshape(n_lines, n_fast) > 0.99
+            s = ndimage.map_coordinates(ref, coords, order=1, mode="constant", cval=np.nan).reshape(n_lines, n_fast)
+            v = np.isfinite(s)
             n = v.sum(axis=1)
             d = np.where(v, s - image, 0.0)
             ssd[a, b] = np.where(n > n_fast // 4, (d ** 2).sum(axis=1) / np.maximum(n, 1), np.inf)
     delta = np.zeros((n_lines, 2))
     flat = ssd.reshape(no * no, n_lines)
     good = np.isfinite(flat).all(axis=0)
+    # a line without structure (vacuum, or noise only) has a flat score: leave it to its neighbours
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = flat.min(axis=0)
+        typical = np.median(lo[np.isfinite(lo)]) if np.isfinite(lo).any() else 1.0
+        contrast = (np.median(flat, axis=0) - lo) / max(typical, 1e-6)
+    good &= contrast > min_contrast
     kbest = np.argmin(np.where(np.isfinite(flat), flat, np.inf), axis=0)
     ia, ib = np.unravel_index(kbest, (no, no))
     for line in np.nonzero(good)[0]:
@@ -466,4 +558,4 @@ def _line_offsets(image, origins, u, reference, ref_weight, offsets, step):
         idx = np.arange(n_lines)
         for c in (0, 1):
             delta[~good, c] = np.interp(idx[~good], idx[good], delta[good, c])
-    return delta
+    return delta, good
