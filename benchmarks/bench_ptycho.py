@@ -95,11 +95,12 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
     params = ReconstructionParameters(num_slices=c["nz"], slice_thickness_A=12.0, num_iterations=it,
                                       batch_size=110, probe_update_start_iteration=0,
                                       position_correction_start_iteration=0, tv_z_weight_VA=0.01,
-                                      tv_xy_weight_VA=0.01, checkpoint_every=0)
+                                      tv_xy_weight_VA=0.01, checkpoint_every=0,
+                                      fft_workers=int(os.environ.get("MSPTYCHO_FFT_WORKERS", "0")))
     be = CountingBackend(params.fft_workers)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=be)
-    t_total = time.perf_counter() - t0
+    t_total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
     per_iter = float(np.mean(res.seconds_history))
     ffts_per_iter = be.count / it
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -114,7 +115,7 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
                 object_px=[int(nx), int(ny)], iterations=it, seconds_per_iteration=per_iter,
                 setup_seconds=t_total - float(np.sum(res.seconds_history)), data_seconds=t_data,
                 ffts_per_iteration=ffts_per_iter, fft_floor_seconds=floor, fft_library=fft_lib,
-                ratio_to_floor=per_iter / floor, peak_rss_GiB=rss_gib,
+                ratio_to_floor=per_iter / floor, cpu_seconds_per_iteration=cpu_total / it, peak_rss_GiB=rss_gib,
                 datacube_GiB=dc.nbytes / 1024**3, model_GiB=model_bytes / 1024**3,
                 threads=be.workers, cpu=os.cpu_count())
 
@@ -140,12 +141,21 @@ def fft_floor(n, batch, count, workers, min_seconds=2.0):
     return best[0] * count, best[1]
 
 
-def run_py4dstem(name, data_dir, iterations):
+def thread_env(threads):
+    env = dict(os.environ)
+    if threads:
+        for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[k] = str(threads)
+        env["MSPTYCHO_FFT_WORKERS"] = str(threads)
+    return env
+
+
+def run_py4dstem(name, data_dir, iterations, threads=0):
     c = CASES[name]
     script = Path(__file__).with_name("bench_py4dstem.py")
     out = subprocess.run([VENV_PY, str(script), str(Path(data_dir) / f"{name}_datacube.npy"),
                           str(Path(data_dir) / f"{name}_vacuum.npy"), str(c["nz"]), str(iterations or 1)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=thread_env(threads))
     if out.returncode != 0:
         return dict(error=out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -156,6 +166,7 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="+", default=["default"], choices=sorted(CASES))
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--py4dstem", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="threads for both codes (0: all cores)")
     ap.add_argument("--run-case", help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -170,35 +181,37 @@ def main(argv=None):
                 cmd += ["--iterations", str(a.iterations)]
             if a.py4dstem:
                 cmd += ["--data-dir", tmp]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(a.threads))
             if out.returncode != 0:
                 print(out.stderr, file=sys.stderr)
                 raise SystemExit(f"case {name} failed")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             if a.py4dstem:
-                row["py4dstem"] = run_py4dstem(name, tmp, a.iterations)
+                row["py4dstem"] = run_py4dstem(name, tmp, a.iterations, a.threads)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     print_table(rows)
 
 
 def print_table(rows):
-    hdr = ("case", "positions", "window", "slices", "s/iter", "FFTs/iter", "FFT floor s", "x floor",
-           "peak RSS GiB", "cube+model GiB", "py4DSTEM s/iter", "x faster")
+    hdr = ("case", "threads", "positions", "window", "slices", "s/iter", "CPU s/iter", "FFTs/iter", "FFT floor s", "x floor",
+           "peak RSS GiB", "cube+model GiB", "py4DSTEM s/iter", "py4DSTEM CPU s/iter", "x faster")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         p = r.get("py4dstem", {})
         ps = p.get("seconds_per_iteration")
         print("| " + " | ".join([
-            r["case"], str(r["positions"]), f"{r['window']}^2", str(r["slices"]),
-            f"{r['seconds_per_iteration']:.2f}", f"{r['ffts_per_iteration']:.0f}",
+            r["case"], str(r["threads"]), str(r["positions"]), f"{r['window']}^2", str(r["slices"]),
+            f"{r['seconds_per_iteration']:.2f}", f"{r['cpu_seconds_per_iteration']:.2f}",
+            f"{r['ffts_per_iteration']:.0f}",
             f"{r['fft_floor_seconds']:.2f} ({r['fft_library']})", f"{r['ratio_to_floor']:.2f}",
             f"{r['peak_rss_GiB']:.2f}", f"{2 * r['datacube_GiB'] + r['model_GiB']:.2f}",
             f"{ps:.2f}" if ps else (p.get("error", "-") if p else "-"),
+            f"{p['cpu_seconds_per_iteration']:.2f}" if ps else "-",
             f"{ps / r['seconds_per_iteration']:.1f}" if ps else "-"]) + " |")
     if rows:
-        print(f"\n{rows[0]['threads']} FFT threads on {rows[0]['cpu']} cores; 'cube+model' is twice the "
+        print(f"\n{rows[0]['cpu']} cores; CPU s = process CPU time (all threads); 'cube+model' is twice the "
               "float32 datacube plus the engine's model and work arrays (the memory goal).")
 
 

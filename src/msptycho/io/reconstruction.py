@@ -42,6 +42,7 @@ def write_reconstruction(path, result, provenance: Provenance | None = None) -> 
         f.attrs["semiangle_mrad"] = float(result.semiangle_mrad)
         f.attrs["iterations_done"] = int(result.iterations_done)
         f.attrs["aberrations_fit"] = json.dumps(result.aberrations_fit, sort_keys=True)
+        f.attrs["fft_library"] = str(result.fft_library)
 
 
 def read_reconstruction(path):
@@ -76,7 +77,8 @@ def read_reconstruction(path):
             semiangle_mrad=float(f.attrs["semiangle_mrad"]),
             scan_shape=tuple(int(v) for v in f["positions_A"].attrs["scan_shape"]),
             iterations_done=int(f.attrs["iterations_done"]),
-            aberrations_fit=json.loads(f.attrs["aberrations_fit"]))
+            aberrations_fit=json.loads(f.attrs["aberrations_fit"]),
+            fft_library=str(f.attrs.get("fft_library", "")))
 
 
 def write_checkpoint(path, state: dict, fingerprint: str) -> None:

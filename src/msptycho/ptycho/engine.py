@@ -66,14 +66,16 @@ class MultisliceEngine:
     def __init__(self, amplitudes, probe_k, positions_px, object_shape, sigma, propagator_k, params,
                  fourier_amplitude=None, aberration_basis=None, chi=None, backend=None):
         self.p = params
-        self.be = backend or CPUBackend(params.fft_workers)
+        self.be = backend or CPUBackend(params.fft_workers, params.fft_library)
         self.amps = amplitudes
         self.N, self.n = amplitudes.shape[0], amplitudes.shape[1]
         n, nz = self.n, params.num_slices
         B = min(params.batch_size, self.N)
         self.B, self.nz = B, nz
         self.sigma = float(sigma)
-        self.h = np.ascontiguousarray(propagator_k, dtype=np.complex64)
+        # the backend's FFTs are unnormalised: fold their gain into the propagators and kernels
+        self.gain = self.be.fft_gain(n, n)
+        self.h = (np.asarray(propagator_k, dtype=np.complex128) / self.gain**2).astype(np.complex64)
         self.hc = np.conj(self.h)
         self.kx, self.ky = fw.window_frequencies(n)
         self.obj_shape = tuple(object_shape)
@@ -91,8 +93,8 @@ class MultisliceEngine:
         self.history = {"error": [], "loss": [], "step": [], "seconds": []}
         self.iteration = 0
         # work arrays
-        self.psi = np.zeros((nz, B, n, n), dtype=np.complex64)
-        self.g = np.zeros((B, n, n), dtype=np.complex64)
+        self.psi = self.be.zeros((nz, B, n, n), np.complex64)
+        self.g = self.be.zeros((B, n, n), np.complex64)
         self.rampx = np.zeros((B, n), dtype=np.complex64)
         self.rampy = np.zeros((B, n), dtype=np.complex64)
         self.corners = np.zeros((B, 2), dtype=np.int64)
@@ -110,8 +112,8 @@ class MultisliceEngine:
                         else None)
         if params.position_correction:
             self.wave_k = np.zeros((B, n, n), dtype=np.complex64)
-            self.dX = np.zeros((B, n, n), dtype=np.complex64)
-            self.dY = np.zeros((B, n, n), dtype=np.complex64)
+            self.dX = self.be.zeros((B, n, n), np.complex64)
+            self.dY = self.be.zeros((B, n, n), np.complex64)
             self.vproj = np.zeros(self.obj_shape, dtype=np.float32)
             self.pcurv = np.zeros((B, 2), dtype=np.float64)
         self.sum_a2 = float(np.sum(np.square(amplitudes, dtype=np.float64)))
@@ -129,7 +131,7 @@ class MultisliceEngine:
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
-        K.incident(self.Pk, self.rampx, self.rampy, self.psi[0, :nb])
+        K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.psi[0, :nb])
         be.ifft2(self.psi[0, :nb])
         g = self.g[:nb]
         for s in range(nz):
@@ -140,7 +142,7 @@ class MultisliceEngine:
                 K.multiply(out, self.h)
                 be.ifft2(out)
         be.fft2(g)
-        return (np.abs(g) ** 2).astype(np.float32)
+        return (np.abs(g) ** 2 / self.gain**2).astype(np.float32)
 
     # -- one mini-batch -------------------------------------------------------------------------
     def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
@@ -162,7 +164,7 @@ class MultisliceEngine:
         corners = self.corners[:nb]
         K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
         psi0 = self.psi[0, :nb]
-        K.incident(self.Pk, self.rampx, self.rampy, psi0)
+        K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
         be.ifft2(psi0)
         g = self.g[:nb]
         for s in range(nz):
@@ -175,7 +177,7 @@ class MultisliceEngine:
         be.fft2(g)
         if update_positions:
             np.copyto(self.wave_k[:nb], g)
-        K.residual(g, self.amps, idx, self.p.loss == "poisson", self.err, self.loss)
+        K.residual(g, self.amps, idx, self.p.loss == "poisson", 1.0 / self.gain, self.err, self.loss)
         err = float(np.sum(self.err[:nb]))
         loss = float(np.sum(self.loss[:nb]))
         be.ifft2(g)
@@ -202,6 +204,10 @@ class MultisliceEngine:
             K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, nb, self.gpos)
         if gradients is not None or update_probe:
             K.probe_gradient(g, self.rampx, self.rampy, nb, self.gPk)
+        # undo the forward FFT's gain on the incident-wave gradient (small arrays)
+        if gradients is not None or update_probe:
+            np.multiply(self.gPk, np.float32(1.0 / self.gain), out=self.gPk)
+        self.gpos[:nb] /= self.gain
         if gradients is not None:
             gradients["probe"] = self.gPk.copy()
             gradients["positions"] = self.gpos[:nb].copy()
@@ -212,6 +218,7 @@ class MultisliceEngine:
             be.fft2(self.dX[:nb])
             be.fft2(self.dY[:nb])
             K.position_curvature(self.wave_k, self.dX, self.dY, nb, self.pcurv)
+            self.pcurv[:nb] /= self.gain**2
             self._move_positions(idx, nb)
         if update_probe:
             c = self.p.probe_step_size * self.step_scale / (2 * nb * self.curv)
@@ -470,8 +477,9 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
             elif st is not None:
                 log.warning("checkpoint %s belongs to other data or parameters; starting afresh", cp)
 
-    log.info("reconstruct: %d positions, window %d px at %.4f A, object %s x %d slices of %.2f A, batch %d, %s FFT workers",
-             N, n, sampling, obj_shape, params.num_slices, params.slice_thickness_A, eng.B, eng.be.name)
+    log.info("reconstruct: %d positions, window %d px at %.4f A, object %s x %d slices of %.2f A, batch %d, %s backend, %s FFTs",
+             N, n, sampling, obj_shape, params.num_slices, params.slice_thickness_A, eng.B, eng.be.name,
+             getattr(eng.be, "fft_library", "?"))
     while eng.iteration < params.num_iterations:
         err = eng.run_iteration()
         it = eng.iteration
@@ -494,4 +502,5 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
         error_history=np.array(eng.history["error"]), loss_history=np.array(eng.history["loss"]),
         step_history=np.array(eng.history["step"]), seconds_history=np.array(eng.history["seconds"]),
         parameters=params, energy_eV=float(energy), semiangle_mrad=float(cal.semiangle_mrad),
-        scan_shape=(rx, ry), iterations_done=eng.iteration, aberrations_fit=ab)
+        scan_shape=(rx, ry), iterations_done=eng.iteration, aberrations_fit=ab,
+        fft_library=str(getattr(eng.be, "fft_library", "")))

@@ -45,13 +45,15 @@ def ramps(frac, kx, ky, rampx, rampy):
 
 
 @njit(parallel=True, cache=True)
-def incident(probe_k, rampx, rampy, out):
-    """``out[b] = probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space shifted probes)."""
+def incident(probe_k, rampx, rampy, scale, out):
+    """``out[b] = scale * probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space
+    shifted probes; ``scale`` undoes the gain of the backend's unnormalised inverse FFT)."""
     nb = out.shape[0]
     n0, n1 = probe_k.shape
+    sc = np.float32(scale)
     for b in prange(nb):
         for i in range(n0):
-            rx = rampx[b, i]
+            rx = rampx[b, i] * sc
             for j in range(n1):
                 out[b, i, j] = probe_k[i, j] * rx * rampy[b, j]
 
@@ -96,8 +98,12 @@ def multiply(a, h):
 
 
 @njit(parallel=True, cache=True)
-def residual(wave_k, amplitudes, index, poisson, err, loss):
+def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     """Detector-plane residual: replace ``wave_k`` by the gradient of the loss with respect to it.
+
+    ``Psi = scale * wave_k`` is the unitary-FFT detector wave (``scale`` undoes the gain of the
+    backend's unnormalised FFT) and the gradient is written times ``scale`` so that the
+    unnormalised inverse FFT of it is the unitary one.
 
     Amplitude loss ``sum (|Psi| - a)^2``: ``g = 2 (Psi - a Psi / |Psi|)``.
     Poisson loss ``sum (|Psi|^2 - a^2 log |Psi|^2)``: ``g = 2 Psi (1 - a^2 / |Psi|^2)``.
@@ -108,14 +114,15 @@ def residual(wave_k, amplitudes, index, poisson, err, loss):
     n0 = wave_k.shape[1]
     n1 = wave_k.shape[2]
     tiny = np.float32(1e-12)
-    two = np.float32(2.0)
+    sc = np.float32(scale)
+    two = np.float32(2.0) * sc
     for b in prange(nb):
         e = 0.0
         lo = 0.0
         k = index[b]
         for i in range(n0):
             for j in range(n1):
-                w = wave_k[b, i, j]
+                w = wave_k[b, i, j] * sc
                 m2 = w.real * w.real + w.imag * w.imag
                 m = np.float32(math.sqrt(m2))
                 a = amplitudes[k, i, j]
@@ -377,43 +384,92 @@ def _pocketfft():
         return None
 
 
+def _pyfftw():
+    try:
+        import pyfftw
+        return pyfftw
+    except ImportError:
+        return None
+
+
 class CPUBackend:
     """FFTs and kernels for the CPU.
 
-    FFTs are unitary (``norm="ortho"``), batched over the leading axis, in place, complex64:
-    scipy's pocketfft with ``workers`` threads writing into its input (no allocation); numpy's
-    ``fft2(out=...)`` is the fallback.
+    FFTs are 2-D over the last two axes, batched over the leading axis, in place, complex64 and
+    *unnormalised* in both directions: each multiplies by ``fft_gain(n0, n1) = sqrt(n0 * n1)``
+    relative to the unitary transform; the engine folds that into the propagator and kernels.
+    Libraries: FFTW through pyfftw when it is installed and ``fft_library`` allows (plans made
+    with ``FFTW_ESTIMATE``, which is deterministic, cached per array), otherwise scipy's
+    pocketfft writing into its input (no allocation); numpy is the last resort.
 
     Parameters
     ----------
     workers : int
         FFT threads; 0 means ``os.cpu_count()``.
+    fft_library : str
+        ``"auto"`` (FFTW if available, else pocketfft), ``"fftw"``, ``"pocketfft"`` or ``"numpy"``.
     """
 
     name = "cpu"
 
-    def __init__(self, workers: int = 0):
+    def __init__(self, workers: int = 0, fft_library: str = "auto"):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
         self._pfft = _pocketfft()
+        self._fftw = _pyfftw() if fft_library in ("auto", "fftw") else None
+        if fft_library == "fftw" and self._fftw is None:
+            raise ImportError("fft_library='fftw' needs pyfftw")
+        if self._fftw is not None:
+            self.fft_library = "fftw"
+        elif self._pfft is not None and fft_library in ("auto", "pocketfft"):
+            self.fft_library = "pocketfft"
+        else:
+            self.fft_library = "numpy"
+        self._plans = {}
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
                   "tv_step", "clip_negative", "project_potential",
                   "exit_shift_derivative", "position_curvature"):
             setattr(self, k, globals()[k])
 
+    @staticmethod
+    def fft_gain(n0: int, n1: int) -> float:
+        """Factor by which :meth:`fft2` and :meth:`ifft2` exceed the unitary transforms."""
+        return float(np.sqrt(n0 * n1))
+
+    def zeros(self, shape, dtype=np.complex64) -> np.ndarray:
+        """Zeroed work array, SIMD-aligned when FFTW is used."""
+        if self.fft_library == "fftw":
+            a = self._fftw.empty_aligned(shape, dtype=dtype)
+            a[...] = 0
+            return a
+        return np.zeros(shape, dtype=dtype)
+
+    def _plan(self, a, forward):
+        key = (a.__array_interface__["data"][0], a.shape, forward)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._fftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+                                   flags=("FFTW_ESTIMATE",), threads=self.workers)
+            self._plans[key] = plan
+        return plan
+
     def fft2(self, a: np.ndarray) -> None:
-        """Unitary forward 2-D FFT over the last two axes, in place."""
-        if self._pfft is not None:
-            self._pfft.c2c(a, (-2, -1), True, 1, a, self.workers)
-        else:  # pragma: no cover
-            np.fft.fft2(a, norm="ortho", out=a)
+        """Unnormalised forward 2-D FFT over the last two axes, in place."""
+        if self.fft_library == "fftw":
+            self._plan(a, True).execute()
+        elif self.fft_library == "pocketfft":
+            self._pfft.c2c(a, (-2, -1), True, 0, a, self.workers)
+        else:
+            np.fft.fft2(a, out=a)
 
     def ifft2(self, a: np.ndarray) -> None:
-        """Unitary inverse 2-D FFT over the last two axes, in place."""
-        if self._pfft is not None:
-            self._pfft.c2c(a, (-2, -1), False, 1, a, self.workers)
-        else:  # pragma: no cover
-            np.fft.ifft2(a, norm="ortho", out=a)
+        """Unnormalised inverse 2-D FFT over the last two axes, in place."""
+        if self.fft_library == "fftw":
+            self._plan(a, False).execute()
+        elif self.fft_library == "pocketfft":
+            self._pfft.c2c(a, (-2, -1), False, 0, a, self.workers)
+        else:
+            np.fft.ifft2(a, norm="forward", out=a)
 
     def asarray(self, a):
         return a

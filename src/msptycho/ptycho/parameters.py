@@ -68,6 +68,9 @@ class ReconstructionParameters:
         Pixels of object beyond the outermost windows.
     fft_workers : int
         FFT threads (0: all cores). Does not change the result.
+    fft_library : str
+        ``"auto"`` (FFTW through pyfftw when installed, else scipy's pocketfft), ``"fftw"``,
+        ``"pocketfft"`` or ``"numpy"``. Libraries differ in the last bits of the result.
     seed : int
         Seed of the per-iteration shuffles (iteration ``i`` uses ``default_rng([seed, i])``).
     checkpoint_every : int
@@ -97,6 +100,7 @@ class ReconstructionParameters:
     position_affine_fit: bool = False
     object_margin_px: int = 4
     fft_workers: int = 0
+    fft_library: str = "auto"
     seed: int = 0
     checkpoint_every: int = 5
 
@@ -128,6 +132,8 @@ class ReconstructionParameters:
             bad("tv_epsilon_VA", "a positive number")
         if not (0 < self.step_size_reduction_factor <= 1):
             bad("step_size_reduction_factor", "a number in (0, 1]")
+        if self.fft_library not in ("auto", "fftw", "pocketfft", "numpy"):
+            bad("fft_library", "'auto', 'fftw', 'pocketfft' or 'numpy'")
         if self.loss not in ("amplitude", "poisson"):
             bad("loss", "'amplitude' or 'poisson'")
         for name in ("positivity", "probe_fourier_amplitude_constraint", "position_correction", "position_affine_fit"):
@@ -187,6 +193,8 @@ class ReconstructionResult:
     scan_shape : (int, int)
         ``(Rx, Ry)``.
     iterations_done : int
+    fft_library : str
+        FFT library actually used.
     """
 
     potential_VA: np.ndarray
@@ -206,3 +214,4 @@ class ReconstructionResult:
     scan_shape: tuple[int, int]
     iterations_done: int
     aberrations_fit: dict = field(default_factory=dict)
+    fft_library: str = ""
