@@ -36,7 +36,6 @@ in first-image pixels, before removal of the common translation.
 from __future__ import annotations
 
 import math
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -310,16 +309,28 @@ def _centre(origins, ideal):
 # the method
 
 
-@dataclass
-class DriftSettings:
-    """Parameters of :func:`correct_drift` (the ``drift`` section of the workflow config).
+def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "nominal",
+                  linear_search_max_frac: float = 0.08, linear_search_steps: int = 7,
+                  refine_iterations: int = 10, refine_search_px: float = 2.0, refine_offsets: int = 7,
+                  refine_min_search_px: float = 0.25, line_smoothing_sigma: float = 2.0,
+                  kernel_sigma_px: float = 0.5, pad_frac: float = 0.1, coarse_blur_px: float = 3.0,
+                  min_line_contrast: float = 0.1, frame_gap: float = 0.0,
+                  translation_search_frac: float = 0.05) -> DriftResult:
+    """Correct linear and non-linear drift of an orthogonal scan pair.
 
-    Attributes
+    Parameters
     ----------
+    image_0deg : array_like (nx, ny)
+        Image with the 0-degree fast scan axis (see ``pair_layout`` and the module docstring).
+    image_90deg : array_like
+        The orthogonal image of the same area: shape (nx, ny) for ``pair_layout="nominal"``,
+        (ny, nx) as recorded otherwise.
+    pixel_size_A : float or (float, float)
+        Pixel size of the images, Angstrom (one value, or one per image: they must agree).
     pair_layout : str
-        How the two images are stored: ``nominal`` (both on the nominal grid, 0-degree fast axis
-        along x = first index, as in scan_pair.h5), ``transposed`` (both as recorded, rows are scan
-        lines; the second is the transpose of the first) or ``rot90``.
+        How the two images are stored: nominal (both on the nominal grid, 0-degree fast axis
+        along x = first index, as in scan_pair.h5), transposed (both as recorded, rows are scan
+        lines; the second is the transpose of the first) or rot90.
     linear_search_max_frac : float
         Largest linear drift searched, per frame and axis, as a fraction of the image size.
     linear_search_steps : int
@@ -342,7 +353,7 @@ class DriftSettings:
         Padding of the output grid on each side, as a fraction of the larger image size.
     coarse_blur_px : float
         Gaussian low-pass (pixels) of the images for the linear search and the first refinement
-        iteration; it shrinks with the search window (``coarse_blur_px * search / refine_search_px``).
+        iteration; it shrinks with the search window (coarse_blur_px * search / refine_search_px).
         Blurring away the lattice keeps a crystal's repeating correlation peaks from trapping the
         search.
     min_line_contrast : float
@@ -354,66 +365,23 @@ class DriftSettings:
         linear drift it predicts the offset of the second frame, around which the translation
         between the frames is searched.
     translation_search_frac : float
-        Half-width of that translation search, per axis, as a fraction of the image size (keep it
-        below half a lattice period's worth for crystals, whose correlation repeats).
-    """
-
-    pair_layout: str = "nominal"
-    linear_search_max_frac: float = 0.08
-    linear_search_steps: int = 7
-    refine_iterations: int = 10
-    refine_search_px: float = 2.0
-    refine_offsets: int = 7
-    refine_min_search_px: float = 0.25
-    line_smoothing_sigma: float = 2.0
-    kernel_sigma_px: float = 0.5
-    pad_frac: float = 0.1
-    coarse_blur_px: float = 3.0
-    min_line_contrast: float = 0.1
-    frame_gap: float = 0.0
-    translation_search_frac: float = 0.05
-
-
-def correct_drift(image_0deg, image_90deg, pixel_size_A, settings: DriftSettings | None = None,
-                  **overrides) -> DriftResult:
-    """Correct linear and non-linear drift of an orthogonal scan pair.
-
-    Parameters
-    ----------
-    image_0deg : array_like (nx, ny)
-        Image with the 0-degree fast scan axis (see ``pair_layout`` and the module docstring).
-    image_90deg : array_like
-        The orthogonal image of the same area: shape (nx, ny) for ``pair_layout="nominal"``,
-        (ny, nx) as recorded otherwise.
-    pixel_size_A : float or (float, float)
-        Pixel size of the images, Angstrom (one value, or one per image: they must agree).
-    settings : DriftSettings, optional
-        Parameters (defaults of :class:`DriftSettings`).
-    **overrides
-        Any field of :class:`DriftSettings`, overriding ``settings``.
+        Half-width of that translation search, per axis, as a fraction of the image size.
 
     Returns
     -------
-    DriftResult
-        On the output frame: the nominal grid of ``image_0deg`` (``"nominal"``,
-        ``"transposed"``, ``"rot90"`` alike), padded by ``pad_px`` on each side.
+    result : DriftResult
+        On the output frame: the nominal grid of ``image_0deg``, padded by ``pad_px`` on each side.
 
     Raises
     ------
     InputError
         If the shapes or pixel sizes of the pair disagree, or an image is not finite or constant.
     """
-    st = dataclasses.replace(settings or DriftSettings(), **overrides)
-    pair_layout = st.pair_layout
-    linear_search_max_frac, linear_search_steps = st.linear_search_max_frac, st.linear_search_steps
-    refine_iterations, refine_search_px = st.refine_iterations, st.refine_search_px
-    refine_offsets, refine_min_search_px = st.refine_offsets, st.refine_min_search_px
-    line_smoothing_sigma, kernel_sigma_px, pad_frac = st.line_smoothing_sigma, st.kernel_sigma_px, st.pad_frac
-    im0, im1, px = _check_pair(image_0deg, image_90deg, pixel_size_A, pair_layout)
     if refine_offsets < 3 or refine_offsets % 2 == 0:
-        raise ValueError(f"refine_offsets must be an odd integer >= 3, got {refine_offsets!r}")
+        raise InputError(f"drift: refine_offsets must be an odd integer >= 3, got {refine_offsets!r}.")
     if linear_search_steps < 1:
-        raise ValueError(f"linear_search_steps must be >= 1, got {linear_search_steps!r}")
+        raise InputError(f"drift: linear_search_steps must be >= 1, got {linear_search_steps!r}.")
+    im0, im1, px = _check_pair(image_0deg, image_90deg, pixel_size_A, pair_layout)
     pad = int(math.ceil(pad_frac * max(im0.shape))) + 2
     lines, ideal, dirs, (nx, ny) = _geometry(im0, im1, pair_layout, pad)
     shape = (nx + 2 * pad, ny + 2 * pad)
@@ -425,7 +393,7 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, settings: DriftSettings
             return norm
         return [_normalise(ndimage.gaussian_filter(n, sigma_px)) for n in norm]
 
-    coarse = blurred(st.coarse_blur_px)
+    coarse = blurred(coarse_blur_px)
     sig = kernel_sigma_px
 
     res, wts = _resample_pair(norm, ideal, dirs, shape, sig)
@@ -433,8 +401,8 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, settings: DriftSettings
 
     # 1. linear drift search (coarse grid, then a finer grid around the best point)
     dmax = linear_search_max_frac * np.array([nx, ny], dtype=float)
-    max_shift = st.translation_search_frac * max(nx, ny)
-    t1 = 1.0 + st.frame_gap
+    max_shift = translation_search_frac * max(nx, ny)
+    t1 = 1.0 + frame_gap
     centre = np.zeros(2)
     half = dmax.copy()
     best = (-np.inf, np.zeros(2), np.zeros(2))
@@ -477,12 +445,12 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, settings: DriftSettings
     for _it in range(refine_iterations):
         offs = np.linspace(-search, search, refine_offsets)
         step = offs[1] - offs[0]
-        lines_it = blurred(st.coarse_blur_px * search / refine_search_px)
+        lines_it = blurred(coarse_blur_px * search / refine_search_px)
         for k in (0, 1):
             other = 1 - k
             res, wts = _resample_pair(lines_it, origins, dirs, shape, sig)
             delta, informative[k] = _line_offsets(lines_it[k], origins[k], dirs[k], res[other], wts[other],
-                                                  offs, step, st.min_line_contrast)
+                                                  offs, step, min_line_contrast)
             if line_smoothing_sigma > 0:
                 delta = ndimage.gaussian_filter1d(delta, line_smoothing_sigma, axis=0, mode="nearest")
             origins[k] = origins[k] + delta

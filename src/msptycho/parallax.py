@@ -618,12 +618,13 @@ def tilt_corrected_image(images: np.ndarray, shifts_px: np.ndarray, weights: np.
 # the whole method
 
 
-def parallax_fit(datacube, calibration: Calibration, *, bin_factors=(8, 4, 2),
+def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, ...] = (8, 4, 2),
                  bf_radius_fraction: float = 0.9, iterations: int = 6, smooth_px: float = 1.0,
                  rotation_guess_deg: float | None = None, transpose: bool | None = None,
                  fit_coma: bool = False, outlier_sigma: float = 4.0, upsample: int = 2,
-                 image_shifts: str = "fit", detector_center_px=None, band_limit: bool = True,
-                 min_band_inv_A: float = 0.05, rows_per_block: int = 8) -> ParallaxResult:
+                 image_shifts: str = "fit", detector_center_px: tuple[float, float] | None = None,
+                 band_limit: bool = True, min_band_inv_A: float = 0.05,
+                 rows_per_block: int = 8) -> ParallaxResult:
     """Parallax (tilt-corrected bright field) fit of defocus, astigmatism, coma and scan rotation.
 
     Parameters
@@ -634,48 +635,55 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors=(8, 4, 2),
     calibration : Calibration
         ``energy_eV``, ``semiangle_mrad``, ``scan_step_A``, ``mrad_per_pixel``; its
         ``scan_rotation_deg`` is the default ``rotation_guess_deg``.
-    bin_factors : sequence of int
-        Detector binnings, coarse to fine; each must be a multiple of the last (finest).
+    bin_factors : tuple of int
+        Detector binnings, coarse to fine; each must be a multiple of the last (finest) one.
     bf_radius_fraction : float
-        BF pixels are those within this fraction of the semi-angle.
+        Detector pixels within this fraction of the convergence semi-angle count as bright field.
     iterations : int
-        Cross-correlation iterations per binning level.
+        Cross-correlation alignment iterations per binning level.
     smooth_px : float
         Gaussian smoothing of the cross-correlation maps, scan pixels.
     rotation_guess_deg : float or None
-        Resolves the 180-degree ambiguity (result within +-90 degrees of it); None: the
-        calibration's ``scan_rotation_deg``.
+        The fitted scan rotation lies within +-90 degrees of this, which resolves the 180-degree
+        ambiguity with the defocus sign; null: the calibration's scan_rotation_deg.
     transpose : bool or None
-        Scan transpose; None: decided by the fit.
+        Scan transpose; null: chosen by the fit (the hypothesis with less two-fold astigmatism).
     fit_coma : bool
-        Also fit axial coma (C21) in the final fit.
+        Also fit axial coma C21 at the finest level.
     outlier_sigma : float
-        Outlier rejection threshold of the fit, robust standard deviations (0: none).
+        BF images whose fit residual exceeds this many robust standard deviations are dropped and
+        the fit repeated (0: no rejection).
     upsample : int
-        Upsampling of the tilt-corrected image relative to the scan step.
-    image_shifts : {"fit", "measured"}
-        Shifts used for the tilt-corrected image.
+        Pixels of the tilt-corrected image per scan step.
+    image_shifts : str
+        Shifts used for the tilt-corrected image: fit (the fitted model) or measured.
     detector_center_px : (float, float) or None
-        BF disk centre; None measures it from the mean pattern.
+        Bright-field disk centre (Qx, Qy), detector pixels; null: measured from the mean pattern.
     band_limit : bool
-        At the finest level, correlate each BF image only up to the spatial frequency ``k_max - |k|`` where both side
-        bands are transferred (see :func:`align_images`); removes the bias of pixels near the disk
-        edge.
+        At the finest level, correlate each BF image only up to the spatial frequency
+        k_max - abs(k) that both side bands of the bright-field disk transfer; removes the bias of
+        pixels near the disk edge.
     min_band_inv_A : float
-        Lower bound of that band limit, 1/A.
+        Lower bound of that band limit, 1/Angstrom.
     rows_per_block : int
-        Scan rows read at a time.
+        Scan rows of the datacube read at a time.
 
     Returns
     -------
-    ParallaxResult
+    result : ParallaxResult
+        Estimates, shifts and the tilt-corrected image.
+
+    Raises
+    ------
+    InputError
+        Wrong datacube shape, NaN, an empty or too small bright-field disk, bad binning factors.
     """
     _check_datacube(datacube, calibration)
     bins = [int(b) for b in bin_factors]
     if not bins or any(b < 1 for b in bins) or any(b % bins[-1] for b in bins):
         raise InputError(f"parallax: bin_factors {tuple(bin_factors)} must be positive multiples of the last (finest) one.")
     if image_shifts not in ("fit", "measured"):
-        raise ValueError(f"image_shifts must be 'fit' or 'measured', got {image_shifts!r}")
+        raise InputError(f"parallax: image_shifts must be 'fit' or 'measured', got {image_shifts!r}.")
     guess = calibration.scan_rotation_deg if rotation_guess_deg is None else float(rotation_guess_deg)
     step = calibration.scan_step_A
     E = calibration.energy_eV
