@@ -90,7 +90,7 @@ def render_frames(volume, pixel_size_A: float, slice_thickness_A: float, *, labe
     else:
         raise ValueError(f"movie kind is {kind!r}; expected 'potential', 'strain' or 'rotation'.")
     w, h = _frame_size(s.movie_frame_px)
-    dpi = 100
+    dpi = w / 4.0  # a 4-inch-wide frame: the fonts scale with the frame
     fig = plt.figure(figsize=(w / dpi, h / dpi), dpi=dpi)
     try:
         ax = fig.add_axes((0.03, 0.04, 0.72, 0.84))

@@ -216,9 +216,7 @@ def symmetric_limit(a, given: float | None, percentile: float = 99.0) -> float:
 
 def cmap_with_bad(name: str, bad: str = NO_DATA_COLOR):
     """A copy of colour map ``name`` drawing NaN as ``bad``."""
-    cm = plt.get_cmap(name).copy()
-    cm.set_bad(bad)
-    return cm
+    return plt.get_cmap(name).with_extremes(bad=bad)
 
 
 def complex_to_rgb(z, amplitude_max: float | None = None, gamma: float = 1.0) -> np.ndarray:
@@ -306,8 +304,8 @@ def top_middle_bottom(n_slices: int, valid=None, skip_top: int = 0) -> list[int]
     if w.size >= 3:
         v = w
     if v.size >= 3:
-        return [int(v[0]), int(v[v.size // 2]), int(v[-1])]
-    return [int(v[min(i, v.size - 1)]) for i in (0, v.size // 2, v.size - 1)]
+        return [int(v[0]), int(v[(v.size - 1) // 2]), int(v[-1])]
+    return [int(v[min(i, v.size - 1)]) for i in (0, (v.size - 1) // 2, v.size - 1)]
 
 
 def _montage_grid(n: int, columns: int, width_in: float = PAGE_WIDTH_IN, extra_h_in: float = 0.45,
@@ -587,8 +585,7 @@ def plot_order_parameter(order, pixel_size_A: float, slice_thickness_A: float, o
         thr = 0.5 * (lo + hi)
     lo, hi = min(lo, thr - 1e-6), max(hi, thr + 1e-6)
     norm = mcolors.TwoSlopeNorm(vcenter=thr, vmin=lo, vmax=hi)
-    cm = ORDER_CMAP.copy()
-    cm.set_bad("black")
+    cm = ORDER_CMAP.with_extremes(bad="black")
     cmask = None if core_mask is None else _volume(core_mask, "core_mask").astype(bool)
     if cmask is not None and cmask.shape != o.shape:
         raise ValueError(f"plot_order_parameter: core_mask has shape {cmask.shape}; expected {o.shape}.")
