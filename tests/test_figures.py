@@ -313,3 +313,24 @@ def test_render_pyvista(tmp_path, scene):
     # both viewpoints show something: each half of the figure varies
     w = img.shape[1]
     assert img[:, : w // 2, :3].std() > 0.02 and img[:, w // 2:, :3].std() > 0.02
+
+
+# ------------------------------------------------------------------------------------------------
+# report captions
+
+
+def test_captions_render_with_the_settings():
+    """Every figure caption (workflow/report/fig_*.rst) renders with the sample wildcard and the
+    figure settings as ``snakemake.params.figures``, and names only existing settings."""
+    jinja2 = pytest.importorskip("jinja2")
+    from types import SimpleNamespace
+
+    report = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    captions = sorted(report.glob("fig_*.rst"))
+    assert len(captions) >= 11
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    sm = SimpleNamespace(wildcards=SimpleNamespace(sample="pristine"),
+                         params=SimpleNamespace(figures=FigureSettings().as_dict()))
+    for c in captions:
+        text = env.from_string(c.read_text()).render(snakemake=sm)
+        assert "pristine" in text and "{{" not in text, c.name
