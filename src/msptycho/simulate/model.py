@@ -30,13 +30,15 @@ the core centre ``c``) and ``u`` the sum of analytic displacement fields:
    the lattice columns lean by ``tau * g_k * dQ_k/dz``, with ``dQ_1/dz`` a sigmoid that is 1 in the
    upper half and ``dQ_2/dz`` 1 in the lower half: the off-zone region moves with depth.
 4. **Edge dislocations** (cracked): line along z, in-plane Burgers vector ``b``, isotropic field
-   (Hirth & Lothe, eq. 3-45) with the branch cut pointing away from the core centre and the core
-   of the field regularised over 1 A; lines that end inside the particle fade out over ~3 A.
+   (Hirth & Lothe, eq. 3-45); the branch cut runs along +-b (a slip cut, so the lattice is perfect
+   across it) on the side away from the core centre; the single-valued part of the field is
+   regularised over a 1 A core; lines that end inside the particle fade out over ~3 A.
 5. **Crack** (cracked): about the crack tip ``P``, material at polar angle ``psi`` (from the crack
    direction) is rotated by ``omega(psi) = sign(psi) alpha(z)/2 (1 - |psi|/pi)^2``: the two faces
    open by ``alpha(z)`` (larger at the top) and the angular gradient of ``omega`` compresses the
-   material near the break (azimuthal strain ``-alpha/pi`` at the faces). A slab of width
-   ``crack_gap_A`` is removed along the crack plane beyond the tip.
+   material near the break (azimuthal strain ``-alpha/pi`` at the faces). A slab is removed along
+   the crack plane beyond the tip, ``crack_gap_A`` wide at the top and a quarter of that at the
+   bottom.
 
 True strain
 -----------
@@ -126,7 +128,12 @@ class Deformation:
         self.dislocations = []
         for (x, y, bx, by, z0, z1) in p.dislocations:
             pos = self.center[:2] + np.array([x, y])
-            phi_cut = np.arctan2(pos[1] - self.core_center[1], pos[0] - self.core_center[0])
+            # the cut runs along +-b (a slip cut: the two faces slide by a lattice vector, no
+            # material is added or removed), on the side pointing away from the core centre
+            bvec = np.array([bx, by], float)
+            out = pos - self.core_center[:2]
+            sgn = 1.0 if bvec @ out >= 0 else -1.0
+            phi_cut = np.arctan2(sgn * bvec[1], sgn * bvec[0])
             self.dislocations.append(dict(pos=pos, b=np.array([bx, by], float), z0=self.z_top + z0,
                                           z1=self.z_top + z1, phi_cut=phi_cut))
         if p.crack_direction_deg is not None:
@@ -291,24 +298,28 @@ class Deformation:
         return ((d[:, 0] / p.particle_radius_A) ** q + (d[:, 1] / p.particle_radius_A) ** q
                 + (d[:, 2] / (p.particle_thickness_A / 2)) ** q) <= 1.0
 
+    def crack_gap_A(self, z):
+        """Width of the slab removed along the crack plane: ``crack_gap_A`` at the particle's top,
+        a quarter of it at the bottom (linear in between)."""
+        return self.p.crack_gap_A * (0.25 + 0.75 * self.depth_fraction_from_bottom(z))
+
     def in_crack_reference(self, X) -> np.ndarray:
         """True for reference positions in the slab removed along the crack plane."""
         if self.crack_d is None:
             return np.zeros(len(X), dtype=bool)
         Yc = X[:, :2] - self.crack_tip
-        return (Yc @ self.crack_d > 0) & (np.abs(Yc @ self.crack_n) < self.p.crack_gap_A / 2)
+        return (Yc @ self.crack_d > 0) & (np.abs(Yc @ self.crack_n) < self.crack_gap_A(X[:, 2]) / 2)
 
     def in_crack_current(self, x) -> np.ndarray:
         """True for current positions inside the opened crack (wedge of angle alpha(z) plus the
         removed slab), whether or not they are inside the particle."""
         if self.crack_d is None:
             return np.zeros(len(x), dtype=bool)
-        tip = self.crack_tip + self._smooth_displacement(np.array([[*self.crack_tip, self.center[2]]]))[0, :2] * 0
-        Yc = x[:, :2] - tip
+        Yc = x[:, :2] - self.crack_tip  # the tip itself does not move under the crack's rotation
         along = Yc @ self.crack_d
         r = np.sqrt(np.sum(Yc**2, axis=1))
         psi = np.arctan2(Yc @ self.crack_n, along)
-        half = self.crack_opening_rad(x[:, 2]) / 2 + np.arcsin(np.clip(self.p.crack_gap_A / 2 / np.maximum(r, 1e-9), 0, 1))
+        half = self.crack_opening_rad(x[:, 2]) / 2 + np.arcsin(np.clip(self.crack_gap_A(x[:, 2]) / 2 / np.maximum(r, 1e-9), 0, 1))
         return (along > 0) & (np.abs(psi) < half)
 
     def in_core_reference(self, X) -> np.ndarray:

@@ -103,7 +103,8 @@ class SimulationParameters:
         Angle by which the two sides of the crack are rotated apart at the particle's top and
         bottom (linear in between), degrees.
     crack_gap_A : float
-        Minimum width of the gap removed along the crack plane, Angstrom.
+        Width of the slab removed along the crack plane at the particle's top (a quarter of it at
+        the bottom), Angstrom.
     dislocations : tuple of (x_A, y_A, burgers_x_A, burgers_y_A, z_start_A, z_end_A)
         Straight edge dislocations along z with in-plane Burgers vectors; (x, y) relative to the
         particle centre in the reference lattice; z relative to the particle top; a line that
@@ -175,7 +176,7 @@ class SimulationParameters:
     crack_tip_A: float = 16.0
     crack_opening_top_deg: float = 6.0
     crack_opening_bottom_deg: float = 1.0
-    crack_gap_A: float = 0.8
+    crack_gap_A: float = 3.0
     dislocations: tuple = ()
     poisson_ratio: float = 0.28
     # HAADF scan pair
@@ -288,7 +289,7 @@ def preset(name: str) -> SimulationParameters:
         )
         return dataclasses.replace(base, name="cracked", seed=2, core_offset_A=(3.0, -2.0, 6.0),
                                    crack_direction_deg=135.0, crack_tip_A=14.0,
-                                   crack_opening_top_deg=6.0, crack_opening_bottom_deg=1.0,
+                                   crack_opening_top_deg=8.0, crack_opening_bottom_deg=1.0,
                                    dislocations=dis)
     if name == "paper":
         dis = (
