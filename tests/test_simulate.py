@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from msptycho import physics
-from msptycho.simulate import (PatternSimulator, aberrations_of, fluorite_crystal, preset, scan_positions,
-                               simulate_sample, vacuum_probe_pattern)
+from msptycho.simulate import (PatternSimulator, aberrations_of, estimate_cost, fluorite_crystal, preset,
+                               scan_positions, simulate_sample, vacuum_probe_pattern)
 from msptycho.simulate.multislice import binning_matrix, transmission_functions
 from msptycho.simulate.potentials import (A0_E_VA2, integrated_projected_potential, project_atoms_fourier,
                                           scattering_factor)
@@ -162,3 +162,18 @@ def test_parameters_are_checked():
     with pytest.raises(ValueError, match="unknown simulation preset"):
         preset("nope")
     assert aberrations_of(preset("paper")).defocus_A == 300.0
+
+
+def test_paper_preset_is_constructible_and_costed():
+    """The paper-sized preset validates and its cost is estimated without simulating."""
+    p = preset("paper").validate()
+    assert p.defocus_A == 300.0 and p.scan_shape_px == (100, 100)
+    assert 2 * p.particle_radius_A == pytest.approx(170.0)
+    assert int(np.ceil(max(p.sample_thickness_A, p.truth_depth_A) / 12.0)) == 36
+    c = estimate_cost(p, seconds_per_fft=1e-3)
+    assert c["positions"] == 10000 and c["slices"] == 100
+    assert c["ffts"] == 10000 * 201
+    assert c["multislice_s_estimate"] == pytest.approx(1.6 * c["ffts"] * 1e-3)
+    assert c["transmission_bytes"] > 1e9  # a cluster job: several GB
+    d = estimate_cost(preset("pristine"), seconds_per_fft=1e-3)
+    assert d["positions"] == 1600 and d["slices"] == 36 and d["window_px"] == 216

@@ -56,7 +56,8 @@ class SimulationResult:
     truth : GroundTruth
     model : AtomicModel
     timings_s : dict
-        Wall-clock seconds per stage.
+        Wall-clock seconds per stage (``model``, ``potential``, ``multislice``, ``haadf``, ``truth``,
+        ``total``) and the process's CPU seconds (``cpu_total``, all threads).
     """
 
     params: SimulationParameters
@@ -138,6 +139,7 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
     rng = np.random.default_rng(p.seed)
     timings = {}
     t0 = time.perf_counter()
+    c0 = time.process_time()
     nominal, true_pos = scan_positions(p, rng)
     origin, shape = simulation_field(p, true_pos)
     lateral = ((origin[0], origin[0] + shape[0] * p.sim_sampling_A), (origin[1], origin[1] + shape[1] * p.sim_sampling_A))
@@ -192,8 +194,9 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
     truth = ground_truth(p, model, recon_slice_thickness_A, true_pos, nominal, pair)
     timings["truth"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
-    log.info("%s: done in %.1f s (%s)", p.name, timings["total"],
-             ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "total"))
+    timings["cpu_total"] = time.process_time() - c0
+    log.info("%s: done in %.1f s wall, %.1f s CPU (%s)", p.name, timings["total"], timings["cpu_total"],
+             ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k not in ("total", "cpu_total")))
     return SimulationResult(params=p, datacube=datacube, calibration=calibration_of(p), vacuum_probe=vac,
                             scan_pair=pair, truth=truth, model=model, timings_s=timings)
 

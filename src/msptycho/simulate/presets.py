@@ -127,6 +127,10 @@ class SimulationParameters:
         Amplitude of the smooth non-linear drift (sum of two sinusoids per axis), Angstrom.
     haadf_dwell_s : float
         Dwell time per HAADF pixel, seconds (frame time = pixels * dwell).
+    truth_depth_A : float
+        Depth covered by the ground truth's reconstruction slices, Angstrom; 0 = the simulated
+        volume's thickness. Slices below the sample are empty (vacuum), as in a reconstruction
+        whose volume extends beyond the particle.
     """
 
     name: str = "pristine"
@@ -188,6 +192,7 @@ class SimulationParameters:
     haadf_drift_A_per_frame: tuple[float, float] = (4.0, -2.5)
     haadf_drift_nonlinear_A: float = 1.0
     haadf_dwell_s: float = 4e-6
+    truth_depth_A: float = 0.0
 
     # -- derived quantities ---------------------------------------------------------------
     @property
@@ -224,7 +229,7 @@ class SimulationParameters:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"simulation parameter '{k}' must be a positive finite number, got {v!r}.")
         for k in ("scan_jitter_A", "thermal_rms_A", "carbon_thickness_A", "source_size_A",
-                  "aperture_edge_mrad", "tilt_mrad", "haadf_drift_nonlinear_A"):
+                  "aperture_edge_mrad", "tilt_mrad", "haadf_drift_nonlinear_A", "truth_depth_A"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"simulation parameter '{k}' must be a non-negative finite number, got {v!r}.")
@@ -270,8 +275,9 @@ def preset(name: str) -> SimulationParameters:
     ``cracked``: a wedge crack through the shell widening towards the top, the two sides rotated
     apart, and four edge dislocations b = a/2<110> near the core-shell interface (two through the
     full depth, two ending inside).
-    ``paper``: the experiment's size (17 nm particle, 300 A defocus, ~100 x 100 positions) with
-    the cracked particle's defects scaled up; for clusters (see :func:`estimate_cost`).
+    ``paper``: the experiment's size (17 nm particle, 300 A defocus, 100 x 100 positions, truth in
+    36 slices of 1.2 nm with ``recon_slice_thickness_A=12``) with the cracked particle's defects
+    scaled up and the pristine one's twist; for clusters (see :func:`estimate_cost`).
     """
     base = SimulationParameters()
     a = base.shell_lattice_A
@@ -303,7 +309,8 @@ def preset(name: str) -> SimulationParameters:
                                    core_offset_A=(10.0, -8.0, 25.0), carbon_thickness_A=30.0,
                                    sim_window_A=48.0, crack_direction_deg=135.0, crack_tip_A=40.0,
                                    dislocations=dis, twist_top_deg=1.5, tilt_mrad=15.0,
-                                   tilt_patch_radius_A=30.0, haadf_shape_px=(512, 512))
+                                   tilt_patch_radius_A=30.0, haadf_shape_px=(512, 512),
+                                   truth_depth_A=36 * 12.0)
     raise ValueError(f"unknown simulation preset {name!r}; expected one of {PRESETS}.")
 
 
