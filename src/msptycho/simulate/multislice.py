@@ -147,8 +147,12 @@ class PatternSimulator:
     def probes(self, positions_A: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """Real-space probes of unit norm centred on ``positions_A`` inside their windows (B, W, W)."""
         r0 = positions_A - (self.origin + starts * self.s)
-        ramp = np.exp(-2j * np.pi * (self.kx[None] * r0[:, 0, None, None] + self.ky[None] * r0[:, 1, None, None]))
-        return sfft.ifft2(self.probe_k[None] * ramp.astype(np.complex64), workers=self.workers)
+        # separable phase ramp: exp(-2 pi i (kx x0 + ky y0)) = outer product of two 1-D ramps
+        rx = np.exp(-2j * np.pi * self.kx[None, :, 0] * r0[:, 0, None]).astype(np.complex64)
+        ry = np.exp(-2j * np.pi * self.ky[None, 0, :] * r0[:, 1, None]).astype(np.complex64)
+        psi = self.probe_k[None] * rx[:, :, None]
+        psi *= ry[:, None, :]
+        return sfft.ifft2(psi, workers=self.workers, overwrite_x=True)
 
     def exit_waves_k(self, positions_A: np.ndarray) -> np.ndarray:
         """Exit waves in Fourier space (numpy FFT order), ``sum |.|^2 = W^2`` per probe (B, W, W)."""

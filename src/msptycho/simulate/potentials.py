@@ -13,10 +13,17 @@ in V*A, with ``a0 e = 0.529177 A * 14.399645 V A``. Its integral over the plane 
 sampled potential against. The coefficients ship as ``msptycho/data/kirkland2010.json`` with their
 citation.
 
-Atoms are deposited on a grid by :func:`project_atoms`: the radial profile is tabulated once per
-element, cut off where less than 0.1 % of the integral lies outside (at most 5 A) with a short
-cosine taper, and the logarithmic singularity of ``K0`` at the nucleus is sampled at
-``r >= 0.34 * sampling`` (the radius at which ``-ln r`` equals its mean over a pixel-sized disk).
+Two ways to put atoms on a grid:
+
+* :func:`project_atoms_fourier` (the multislice simulation): per slice and element, a cubic
+  B-spline deposit of the atom centres, deconvolved and multiplied by ``2 pi a0 e f_e(k)`` in
+  Fourier space. Its Fourier coefficients are Kirkland's within 0.1 % up to 1.5 1/A (tested), with
+  no singularity at the nucleus and no cutoff.
+* :func:`project_atoms` (the ground truth, pixel-averaged by supersampling): the radial profile is
+  tabulated once per element, cut off where less than 0.1 % of the integral lies outside (at most
+  5 A) with a short cosine taper, and the logarithmic singularity of ``K0`` at the nucleus is
+  sampled at ``r >= 0.34 * sampling`` (the radius at which ``-ln r`` equals its mean over a
+  pixel-sized disk). Non-negative, integral exact within 0.6 % (tested).
 """
 
 from __future__ import annotations
