@@ -67,8 +67,9 @@ class CalibrationSettings:
         Random points (uniform within the bounds, seeded) evaluated after the starting point and
         before the Gaussian process steers the search.
     iterations_per_evaluation : int
-        Engine iterations (passes over the subset) per evaluation; the objective is the error of
-        the last one.
+        Engine iterations (passes over the subset) per evaluation, at least 2; the objective is the
+        error of the last one (the first iteration's error, of the empty object, does not depend
+        on the calibration).
     central_positions : int
         Side of the central square of scan positions used by each evaluation (positions); the scan
         must have at least this many positions along Rx and Ry.
@@ -98,6 +99,11 @@ class CalibrationSettings:
         The last this many evaluations probe the maximum of the Gaussian process's posterior mean
         of ``-ln(error)`` (pure exploitation: the model's best guess) instead of the acquisition
         function's.
+    anisotropic_kernel : bool
+        Give the Gaussian process's Matern kernel (nu = 2.5) one length scale per parameter
+        (automatic relevance determination) instead of the library's single one: better when
+        the parameters matter unequally (the step scale usually dominates the error), at the cost
+        of a slower fit of the process (seconds per evaluation, small beside a real engine run).
     acquisition_restarts : int
         L-BFGS-B starts (after 10 000 random samples) when maximising the acquisition function.
     seed : int
@@ -118,7 +124,8 @@ class CalibrationSettings:
     position_correction: bool = False
     acquisition: str = "ei"
     exploration: float = 0.01
-    num_posterior_points: int = 1
+    num_posterior_points: int = 2
+    anisotropic_kernel: bool = True
     acquisition_restarts: int = 3
     seed: int = 0
 
@@ -134,9 +141,12 @@ class CalibrationSettings:
             return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
                 and math.isfinite(v)
 
-        for name in ("num_evaluations", "num_initial_points", "iterations_per_evaluation", "acquisition_restarts"):
+        for name in ("num_evaluations", "num_initial_points", "acquisition_restarts"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "a positive integer")
+        if not is_int(self.iterations_per_evaluation) or self.iterations_per_evaluation < 2:
+            bad("iterations_per_evaluation", "an integer of at least 2 (the first iteration's error is that of the "
+                                             "empty object, the same for every trial)")
         if self.num_evaluations < self.num_initial_points + 2:
             bad("num_evaluations", f"at least num_initial_points + 2 = {self.num_initial_points + 2} "
                                    "(the starting point, the random points and one guided point)")
@@ -161,7 +171,7 @@ class CalibrationSettings:
             bad("optimize_astigmatism", "true or false")
         if not is_num(self.astigmatism_range_A) or self.astigmatism_range_A < 0:
             bad("astigmatism_range_A", "a non-negative number of Angstrom")
-        for name in ("update_probe", "position_correction"):
+        for name in ("update_probe", "position_correction", "anisotropic_kernel"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 bad(name, "true or false")
         if self.acquisition not in ("ucb", "ei"):
@@ -542,6 +552,10 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
     acq = _acquisition(settings)
     opt = BayesianOptimization(f=None, pbounds={k: (-1.0, 1.0) for k in names}, acquisition_function=acq,
                                random_state=settings.seed, verbose=0, allow_duplicate_points=False)
+    if settings.anisotropic_kernel:
+        from sklearn.gaussian_process.kernels import Matern
+
+        opt.set_gp_params(kernel=Matern(length_scale=np.ones(len(names)), length_scale_bounds=(1e-2, 1e2), nu=2.5))
 
     log.info("calibrate: %d evaluations (%d random) of %d engine iterations on the central %dx%d positions "
              "(rows %d-%d, cols %d-%d of %dx%d); parameters %s",
