@@ -73,6 +73,11 @@ def test_core_accuracy(pristine):
           f"slice {core.centroid_slice:.2f} (truth {sp.core_centroid[2]:.2f}), xy error {m['centroid_xy_error_A']:.2f} A")
     assert m["core_iou"] >= 0.8
     assert abs(m["centroid_slice_error"]) <= 1.0
+    paper = core_from_volume(sp.volume, sp.sampling_A, lat.g200_inv_A, lat.g220_inv_A, baseline="none")
+    mp = validate_core(paper, sp.core_mask, truth_centroid_slice=sp.core_centroid[2])
+    print(f"core without per-slice baseline (paper): IoU {mp['core_iou']:.3f}, centroid slice error "
+          f"{mp['centroid_slice_error']:.2f}")
+    assert mp["core_iou"] >= 0.8 and abs(mp["centroid_slice_error"]) <= 1.0
 
 
 def test_surface_accuracy(pristine):

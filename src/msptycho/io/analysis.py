@@ -130,6 +130,7 @@ def write_core(path, result, provenance: Provenance | None = None, slice_thickne
         f.attrs["g220_inv_A"] = np.asarray(result.g220_inv_A, dtype=np.float64)
         f.attrs["centroid_z_A"] = (float("nan") if slice_thickness_A is None
                                    else (result.centroid_slice + 0.5) * float(slice_thickness_A))
+        f.create_dataset("baseline", data=np.asarray(result.baseline, dtype=np.float64))
         _map(f, "order", np.asarray(result.order, dtype=np.float32))
         _map(f, "core_mask", np.asarray(result.core_mask, dtype=bool))
         _map(f, "particle_mask", np.asarray(result.particle_mask, dtype=bool))
@@ -142,7 +143,7 @@ def read_core(path):
         a = f.attrs
         return CoreResult(order=_need(f, path, "order"), particle_mask=_need(f, path, "particle_mask"),
                           core_mask=_need(f, path, "core_mask"), threshold=float(a["threshold"]),
-                          threshold_method=_s(a["threshold_method"]),
+                          threshold_method=_s(a["threshold_method"]), baseline=_need(f, path, "baseline"),
                           centroid_A=tuple(float(x) for x in a["centroid_A"]),
                           centroid_slice=float(a["centroid_slice"]), n_voxels=int(a["n_voxels"]),
                           g200_inv_A=a["g200_inv_A"], g220_inv_A=a["g220_inv_A"],

@@ -141,7 +141,7 @@ def link_lines(slices, xy_A, windings, link_radius_A: float = 3.0, max_gap_slice
 
 def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: float | None = None,
                       amplitude_threshold: float = 0.4, amplitude_smoothing_A: float = 3.0,
-                      merge_radius_A: float = 5.0, link_radius_A: float = 3.0, max_gap_slices: int = 1,
+                      merge_radius_A: float = 7.0, link_radius_A: float = 3.0, max_gap_slices: int = 1,
                       origin_A=(0.0, 0.0), keep_maps: bool = True) -> DislocationResult:
     """Dislocations in every slice and their 3-D lines (module doc).
 
@@ -158,7 +158,7 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
         singularities within about 1 A of the cores).
     amplitude_threshold : float
         Fraction of the typical lattice level the smoothed amplitude must reach (holes of that mask
-        inside the particle, i.e. the dips at the cores themselves, are filled).
+        up to a disc of ``merge_radius_A``, i.e. the dips at the cores themselves, are filled).
     amplitude_smoothing_A : float
         Gaussian smoothing (standard deviation, A) of the amplitude for that test.
     merge_radius_A : float
@@ -202,8 +202,11 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
     if not level > 0:
         raise InputError("lattice analysis: the chosen reflections have no Bragg amplitude; the volume shows no lattice.")
     significant = smooth >= amplitude_threshold * level
-    # amplitude dips at singularities inside the lattice are holes of the mask: fill them
-    significant = np.stack([ndimage.binary_fill_holes(m) for m in significant])
+    # amplitude dips at singularities inside the lattice are small holes of the mask: fill those
+    # (up to a disc of merge_radius_A), but not cracks or voids
+    from skimage.morphology import remove_small_holes
+    max_hole_px = max(1, int(np.pi * merge_radius_A**2 / (dx * dy)))
+    significant = np.stack([remove_small_holes(m, max_size=max_hole_px) for m in significant])
     plaq_sig = significant[:, :-1, :-1] & significant[:, 1:, :-1] & significant[:, 1:, 1:] & significant[:, :-1, 1:]
     rows = {k: [] for k in POINT_FIELDS if k != "line_id"}
     for z in range(nz):

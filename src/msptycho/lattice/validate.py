@@ -128,6 +128,20 @@ def interface_band(mask, half_width_A: float, sampling_A) -> np.ndarray:
     return (m & (d_in <= half_width_A)) | (~m & (d_out <= half_width_A))
 
 
+def near_points_mask(shape, point_slice, x_A, y_A, radius_A: float, sampling_A, origin_A=(0.0, 0.0)) -> np.ndarray:
+    """Boolean ``shape`` = (nz, nx, ny) mask of the pixels within ``radius_A`` (A) of points
+    ``(x_A, y_A)`` in their slice (e.g. true dislocation cores, whose singular strain no Fourier
+    method resolves; pass it as ``exclude_mask`` of :func:`validate_strain`)."""
+    dx, dy = as_sampling(sampling_A)
+    out = np.zeros(shape, dtype=bool)
+    x = origin_A[0] + dx * np.arange(shape[1])[:, None]
+    y = origin_A[1] + dy * np.arange(shape[2])[None, :]
+    for s, px, py in zip(np.asarray(point_slice, dtype=np.int64), np.asarray(x_A, float), np.asarray(y_A, float)):
+        if 0 <= s < shape[0]:
+            out[s] |= (x - px) ** 2 + (y - py) ** 2 <= radius_A**2
+    return out
+
+
 def validate_core(result, truth_core_mask, truth_centroid_slice: float | None = None,
                   truth_centroid_A=None) -> dict:
     """IoU of the core mask, and the centroid's errors (slices and A)."""
