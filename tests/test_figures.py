@@ -87,7 +87,8 @@ def test_settings_fields_and_validation():
     d = s.as_dict()
     for k in ("strain_limit_percent", "rotation_limit_deg", "movie_fps", "render_window_px", "unreliable_top_slices"):
         assert k in d
-    assert FigureSettings.from_mapping({"movie_fps": 2, "render_view_1_deg": [10, 20]}).render_view_1_deg == (10.0, 20.0)
+    s2 = FigureSettings.from_mapping({"movie_fps": 2, "render_view_1_deg": [10, 20]})
+    assert s2.render_view_1_deg == (10.0, 20.0) and s2.movie_fps == 2
     with pytest.raises(ValueError, match="unknown field"):
         FigureSettings.from_mapping({"strain_limit": 3})
     with pytest.raises(ValueError, match="dpi"):
@@ -138,6 +139,9 @@ def test_haadf(tmp_path, volume):
     crack[50:56, 30:40] = True
     out = paper.plot_haadf(img, DX, tmp_path / "haadf.png", coverage=cov, crack_mask=crack, settings=SET)
     _png(out, COLUMN_WIDTH_IN)
+    # a crack given as a scan-frame position (A), as the workflow has it from the truth
+    _png(paper.plot_haadf(img, DX, tmp_path / "haadf_xy.png", crack_xy_A=(3.0, 14.0), image_origin_A=(-5.0, -5.0),
+                          settings=SET), COLUMN_WIDTH_IN)
     with pytest.raises(ValueError, match="crack_mask"):
         paper.plot_haadf(img, DX, tmp_path / "bad.png", crack_mask=crack[:10], settings=SET)
     assert not (tmp_path / "bad.png").exists()
@@ -180,8 +184,8 @@ def test_dislocation_maps(tmp_path):
     phase = np.stack([np.stack([ph, -ph]) for _ in range(NZ)]).astype(np.float32)
     pts = {"slice": np.array([1, 2, 3]), "x_A": np.full(3, -2 * DX), "y_A": np.full(3, 3 * DX)}
     out = paper.plot_dislocation_maps(amplitude, phase, DX, DZ, tmp_path / "s5.png", points=pts,
-                                      origin_A=(-N / 2 * DX, -N / 2 * DX), g_vectors_inv_A=[[0.36, 0.36], [-0.36, 0.36]],
-                                      settings=SET)
+                                      origin_A=(-N / 2 * DX, -N / 2 * DX),
+                                      g_vectors_inv_A=[[0.36, 0.36], [-0.36, 0.36]], settings=SET)
     _png(out)
     _png(paper.plot_dislocation_maps(amplitude, phase, DX, DZ, tmp_path / "s5_one.png", reflections=(0,),
                                      settings=SET))

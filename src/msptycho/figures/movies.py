@@ -104,7 +104,7 @@ def render_frames(volume, pixel_size_A: float, slice_thickness_A: float, *, labe
         cb.set_label(f"{label} ({unit})", fontsize=9)
         cb.ax.tick_params(labelsize=8)
         head = fig.text(0.03, 0.975, "", ha="left", va="top", fontsize=10)
-        flag = fig.text(0.39, 0.06, "", ha="center", va="bottom", fontsize=9, color="white",
+        flag = fig.text(0.39, 0.895, "", ha="center", va="bottom", fontsize=8, color="white",
                         bbox=dict(boxstyle="round,pad=0.3", fc="#c0392b", ec="none", alpha=0.9))
         frames = []
         for k in range(data.shape[0]):
@@ -113,10 +113,10 @@ def render_frames(volume, pixel_size_A: float, slice_thickness_A: float, *, labe
             head.set_text(f"{title}   {txt}" if title else txt)
             notes = []
             if k < unreliable_top_slices:
-                notes.append("less reliable: support dominates")
+                notes.append("less reliable: support")
             if not np.isfinite(data[k]).any():
                 notes.append("no lattice signal")
-            flag.set_text("; ".join(notes))
+            flag.set_text("  ·  ".join(notes))
             flag.set_visible(bool(notes))
             fig.canvas.draw()
             frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
@@ -212,7 +212,8 @@ def write_strain_movies(potential, strain, out_paths: dict, pixel_size_A: float,
     get = (lambda k: strain[k]) if isinstance(strain, dict) else (lambda k: getattr(strain, k))
     unknown = set(out_paths) - set(MOVIE_MAPS)
     if unknown:
-        raise ValueError(f"write_strain_movies: unknown movie name(s) {sorted(unknown)}; expected some of {sorted(MOVIE_MAPS)}.")
+        raise ValueError(f"write_strain_movies: unknown movie name(s) {sorted(unknown)}; "
+                         f"expected some of {sorted(MOVIE_MAPS)}.")
     out = {}
     for name, path in out_paths.items():
         vol = potential if name == "potential" else get(name)

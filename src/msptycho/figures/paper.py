@@ -322,7 +322,8 @@ def _montage_grid(n: int, columns: int, width_in: float = PAGE_WIDTH_IN, extra_h
 
 
 def plot_haadf(image, pixel_size_A: float, out_path, *, coverage=None, crack_mask=None, crack_point_px=None,
-               title: str | None = None, settings: FigureSettings | None = None) -> Path:
+               crack_xy_A=None, image_origin_A=(0.0, 0.0), title: str | None = None,
+               settings: FigureSettings | None = None) -> Path:
     """Drift-corrected HAADF image of the particle (the paper's Fig. 1b/c), crack marked if given.
 
     Parameters
@@ -341,6 +342,13 @@ def plot_haadf(image, pixel_size_A: float, out_path, *, coverage=None, crack_mas
         yellow and pointed at by an arrow (as the paper's Fig. 1c).
     crack_point_px : (float, float), optional
         Pixel ``(row, column)`` of ``image`` to point the arrow at (instead of the mask's centroid).
+    crack_xy_A : (float, float), optional
+        Position ``(x, y)`` of the crack in the scan frame, A (e.g. the centroid of the truth's
+        ``crack_mask``): converted to a pixel with ``image_origin_A`` and ``pixel_size_A``.
+    image_origin_A : (float, float)
+        Scan-frame position of pixel ``[0, 0]`` of ``image``, A (for a
+        :class:`~msptycho.drift.DriftResult`: the scan pair's ``origin_A`` minus
+        ``pad_px * pixel_size_A``).
     title : str, optional
     settings : FigureSettings, optional
 
@@ -377,6 +385,9 @@ def plot_haadf(image, pixel_size_A: float, out_path, *, coverage=None, crack_mas
     ax.imshow(view, cmap="gray", vmin=lo, vmax=hi, interpolation="antialiased")
     image_axes(ax)
     target = None
+    if crack_point_px is None and crack_xy_A is not None:
+        ox, oy = _origin(image_origin_A)
+        crack_point_px = ((float(crack_xy_A[0]) - ox) / pixel_size_A, (float(crack_xy_A[1]) - oy) / pixel_size_A)
     if crack_point_px is not None:
         target = (float(crack_point_px[0]) - r0, float(crack_point_px[1]) - c0)
     if mask2 is not None and mask2.any():
@@ -402,7 +413,8 @@ def plot_haadf(image, pixel_size_A: float, out_path, *, coverage=None, crack_mas
         tail_t = start + L
         for _ in range(20):
             ti, tj = target[0] + d[0] * tail_t, target[1] + d[1] * tail_t
-            if 0.06 * view.shape[0] <= ti <= 0.94 * view.shape[0] and 0.06 * view.shape[1] <= tj <= 0.94 * view.shape[1]:
+            hx, hy = view.shape
+            if 0.06 * hx <= ti <= 0.94 * hx and 0.06 * hy <= tj <= 0.94 * hy:
                 break
             tail_t = head_t + 0.8 * (tail_t - head_t)
         tail = (target[1] + d[1] * tail_t, target[0] + d[0] * tail_t)
@@ -982,7 +994,7 @@ def plot_fft_peaks(mean_potential, sampling_A: float, out_path, *, strain_g_inv_
             for sgn in (1, -1):
                 ax.add_patch(Circle((sgn * g[1], sgn * g[0]), r_circ, fill=False, color=col, lw=1.2))
             handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=col,
-                                  label=f"dislocations ({1 / np.hypot(*g):.2f} Å)"))
+                                  label=f"dislocations (d = {1 / np.hypot(*g):.2f} Å)"))
     if sg is not None:
         extra = [g for g in sg if dg is None or np.min(np.hypot(*(dg - g).T)) > 2 * max(dkx, dky)]
         for g in extra:
@@ -992,7 +1004,8 @@ def plot_fft_peaks(mean_potential, sampling_A: float, out_path, *, strain_g_inv_
         if sg is not None:
             handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec="#33cc33" if extra else "0.5",
                                   label="strain" + ("" if extra else " (same peaks)")))
-    for gs, col, lab in ((g200, "white", "order: 1st neighbours {200}"), (g220, "#b266ff", "order: 2nd neighbours {220}")):
+    for gs, col, lab in ((g200, "white", "order: 1st neighbours {200}"),
+                         (g220, "#b266ff", "order: 2nd neighbours {220}")):
         if gs is None:
             continue
         for g in gs:
@@ -1067,7 +1080,6 @@ def plot_validation(out_path, *, slice_thickness_A: float, slice_correlation=Non
     sub = fig.subfigures(2, 1, height_ratios=[1, 1.25])
     top = sub[0].subplots(1, 3)
     bottom = sub[1].subplots(1, nmap, squeeze=False)[0]
-    dz = float(slice_thickness_A) / 10
 
     ax = top[0]
     if slice_correlation is not None and len(slice_correlation):
@@ -1086,7 +1098,8 @@ def plot_validation(out_path, *, slice_thickness_A: float, slice_correlation=Non
 
     ax = top[1]
     if core_profile is not None or core_profile_truth is not None:
-        for prof, lab, sty, col in ((core_profile_truth, "truth", "--", "black"), (core_profile, "measured", "o-", "C0")):
+        for prof, lab, sty, col in ((core_profile_truth, "truth", "--", "black"),
+                                    (core_profile, "measured", "o-", "C0")):
             if prof is not None:
                 p = np.asarray(prof, dtype=np.float64)
                 ax.plot(slice_depth_nm(np.arange(len(p)), slice_thickness_A), p, sty, ms=3, label=lab, color=col)
@@ -1150,7 +1163,6 @@ def plot_validation(out_path, *, slice_thickness_A: float, slice_correlation=Non
         fig.text(0.5, 0.003, txt, ha="center", va="bottom", fontsize=6, wrap=True)
     if title:
         fig.suptitle(title)
-    del dz
     return save_figure(fig, out_path, s.dpi)
 
 
@@ -1191,8 +1203,8 @@ def fft_from_results(reconstruction, out_path, *, strain=None, core=None, disloc
                      settings=None) -> Path:
     """:func:`plot_fft_peaks` of the mean reconstructed slice with the reflections of the strain,
     core and dislocation results (any may be None)."""
-    return plot_fft_peaks(np.asarray(reconstruction.potential_VA).mean(axis=0), scalar_sampling(reconstruction.sampling_A),
-                          out_path, strain_g_inv_A=None if strain is None else strain.g_vectors_inv_A,
+    return plot_fft_peaks(np.asarray(reconstruction.potential_VA).mean(axis=0),
+                          scalar_sampling(reconstruction.sampling_A), out_path, strain_g_inv_A=None if strain is None else strain.g_vectors_inv_A,
                           dislocation_g_inv_A=None if dislocations is None else dislocations.g_vectors_inv_A,
                           order_g200_inv_A=None if core is None else core.g200_inv_A,
                           order_g220_inv_A=None if core is None else core.g220_inv_A, title=title, settings=settings)

@@ -167,7 +167,7 @@ def _render_pyvista(scene: dict, views, window_px: int) -> list[np.ndarray]:
         pos, up = _camera(center, radius, elev, azim)
         p.camera_position = [tuple(pos), tuple(center), tuple(up)]
         p.reset_camera()
-        p.camera.zoom(1.3)
+        p.camera.zoom(1.2)
         img = p.screenshot(return_img=True)
         p.close()
         images.append(np.asarray(img)[..., :3].astype(np.uint8))
@@ -175,13 +175,10 @@ def _render_pyvista(scene: dict, views, window_px: int) -> list[np.ndarray]:
 
 
 def _add_axes_pyvista(p, pv, scene):
-    """Arrows along +x, +y and +z (beam) from a corner of the scene, 1/4 of its size long."""
-    lo = np.asarray(scene["bounds_lo"], dtype=np.float64)
-    L = 0.25 * float(scene["radius"])
-    for d, col, lab in (((1, 0, 0), "#b03030", "x"), ((0, 1, 0), "#30a030", "y"), ((0, 0, 1), "#3050c0", "z (beam)")):
-        p.add_mesh(pv.Arrow(start=lo, direction=d, scale=L, tip_radius=0.12, shaft_radius=0.04), color=col)
-        p.add_point_labels(np.array([lo + 1.15 * L * np.asarray(d)]), [lab], font_size=14, text_color=col,
-                           shape=None, show_points=False, always_visible=True)
+    """Orientation triad (x, y, z along the beam) in the lower-left corner of the view."""
+    del pv, scene
+    p.add_axes(interactive=False, line_width=4, color="black", xlabel="x", ylabel="y", zlabel="z (beam)",
+               viewport=(0.0, 0.0, 0.3, 0.3))
 
 
 def _render_matplotlib(scene: dict, views, window_px: int) -> list[np.ndarray]:
@@ -330,7 +327,7 @@ def render_particle(out_path, surface_vertices_A, surface_faces, *, slice_thickn
     if core_vertices_A is not None and core_faces is not None and len(core_faces):
         meshes.append({"vertices": np.asarray(core_vertices_A, dtype=np.float64).reshape(-1, 3),
                        "faces": np.asarray(core_faces, dtype=np.int64).reshape(-1, 3), "color": CORE_COLOR,
-                       "opacity": 0.85})
+                       "opacity": 0.6})
     lines = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in dislocation_lines]
     lines = [p for p in lines if len(p)]
     b = np.zeros((len(lines), 2)) if burgers_A is None else np.asarray(burgers_A, dtype=np.float64).reshape(-1, 2)
