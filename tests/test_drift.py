@@ -78,7 +78,7 @@ def true_origins(pos, u):
 
 def lattice_spacings_A(image, pixel_A, a_guess=A_LATTICE, angle_rad=ANGLE_RAD):
     """Spacings (A) along the two lattice directions, from the two first-order reciprocal peaks
-    refined off-grid by maximising the windowed Fourier amplitude (Nelder-Mead)."""
+    refined off-grid by maximising the windowed Fourier amplitude (bounded Powell)."""
     im = image - ndimage.gaussian_filter(image, a_guess / pixel_A)   # high-pass: the lattice only
     win = np.outer(np.hanning(im.shape[0]), np.hanning(im.shape[1]))
     x = np.arange(im.shape[0])[:, None] * pixel_A
@@ -100,21 +100,23 @@ def lattice_spacings_A(image, pixel_A, a_guess=A_LATTICE, angle_rad=ANGLE_RAD):
         near = (np.abs(np.hypot(gx, gy) * a_guess - 1) < 0.1) & (np.abs(dang) < np.deg2rad(10))
         k = np.unravel_index(np.argmax(np.where(near, F, -1.0)), n4)
         best = (None, np.array([gx[k[0], 0], gy[0, k[1]]]))
-        r = optimize.minimize(amp, best[1], method="Nelder-Mead",
-                              options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 400})
-        assert np.hypot(*(r.x - best[1])) < 0.05 / a_guess, "peak refinement wandered off"
+        d = 2.0 / (n4[0] * pixel_A)  # two steps of the padded FFT grid
+        r = optimize.minimize(amp, best[1], method="Powell", bounds=[(g - d, g + d) for g in best[1]],
+                              options={"xtol": 1e-8, "ftol": 1e-10})
+        assert np.all(np.abs(r.x - best[1]) < 0.99 * d), "the peak lies on the bound"
         out.append(1.0 / np.hypot(*r.x))
     return np.array(out)
 
 
-def covered_box(mask):
-    """Bounds (x0, x1, y0, y1) of a box inside ``mask``, shrunk from its bounding box."""
+def covered_box(mask, fraction=0.995):
+    """Bounds (x0, x1, y0, y1) of a box, shrunk from the bounding box of ``mask`` one edge at a
+    time (the worst-covered edge first) until ``fraction`` of it lies inside ``mask``."""
     xs, ys = np.nonzero(mask)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    while not mask[x0:x1, y0:y1].all():
+    while mask[x0:x1, y0:y1].mean() < fraction:
         sub = mask[x0:x1, y0:y1]
-        bad = {"x0": (~sub[0]).sum(), "x1": (~sub[-1]).sum(), "y0": (~sub[:, 0]).sum(), "y1": (~sub[:, -1]).sum()}
-        side = max(bad, key=bad.get)
+        cover = {"x0": sub[0].mean(), "x1": sub[-1].mean(), "y0": sub[:, 0].mean(), "y1": sub[:, -1].mean()}
+        side = min(cover, key=cover.get)
         x0, x1, y0, y1 = x0 + (side == "x0"), x1 - (side == "x1"), y0 + (side == "y0"), y1 - (side == "y1")
     return x0, x1, y0, y1
 

@@ -86,6 +86,8 @@ class DriftResult:
         Scan lines whose position was measured in the last refinement iteration (structure in
         the overlap of both images); the others (vacuum, no overlap) hold the offset of their
         nearest measured neighbour. All False when ``refine_iterations`` is 0.
+    pair_layout : str
+        Layout of the input pair (``nominal``, ``transposed`` or ``rot90``).
     """
 
     image: np.ndarray
@@ -103,6 +105,7 @@ class DriftResult:
     residual_final: float
     residual_history: list = field(default_factory=list)
     informative: tuple = ()
+    pair_layout: str = "nominal"
 
     @property
     def drift_px(self) -> tuple:
@@ -237,6 +240,18 @@ def _resample_pair(images, origins, dirs, shape, sigma):
     return np.stack(out), np.stack(wts)
 
 
+def nominal_images(image_0deg, image_90deg, pair_layout: str = "nominal"):
+    """Both images of a pair on the nominal grid of the first (no drift correction), e.g. for
+    display: ``(image_0deg, image_90deg.T)`` for ``"transposed"``, un-rotated for ``"rot90"``."""
+    a = np.asarray(image_0deg)
+    b = np.asarray(image_90deg)
+    if pair_layout == "transposed":
+        b = b.T
+    elif pair_layout == "rot90":
+        b = np.rot90(b, -1)
+    return a, b
+
+
 def _valid(weights, frac=0.5):
     return weights > frac
 
@@ -357,9 +372,10 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "
         Blurring away the lattice keeps a crystal's repeating correlation peaks from trapping the
         search.
     min_line_contrast : float
-        A scan line is refined only if its mismatch score over the offset window varies by at least
-        this fraction of the typical (median over lines) best score: lines through vacuum or pure
-        noise do not; they take the offsets of their nearest refined neighbours.
+        A scan line is refined only if its mismatch score over the offset window (median minus
+        best) is at least this fraction of the typical (median over lines) best score per squared
+        pixel of the window's half-width: lines through vacuum or pure noise are not; they take the
+        offsets of their nearest refined neighbours.
     frame_gap : float
         Time from the end of the first frame to the start of the second, in frame times: with the
         linear drift it predicts the offset of the second frame, around which the translation
@@ -472,7 +488,8 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "
                        fast_directions=dirs, linear_drift_px=np.asarray(linear_drift, dtype=float),
                        translation_px=translation, residual_initial=residual_initial,
                        residual_linear=residual_linear, residual_final=residual_final,
-                       residual_history=history, informative=(informative[0], informative[1]))
+                       residual_history=history, informative=(informative[0], informative[1]),
+                       pair_layout=pair_layout)
 
 
 def _line_offsets(image, origins, u, reference, ref_weight, offsets, step, min_contrast=0.0):
@@ -502,7 +519,9 @@ def _line_offsets(image, origins, u, reference, ref_weight, offsets, step, min_c
     with np.errstate(invalid="ignore", divide="ignore"):
         lo = flat.min(axis=0)
         typical = np.median(lo[np.isfinite(lo)]) if np.isfinite(lo).any() else 1.0
-        contrast = (np.median(flat, axis=0) - lo) / max(typical, 1e-6)
+        # the score grows ~ quadratically with the offset: compare per squared pixel of window
+        half_width = max(float(np.max(np.abs(offsets))), 1e-6)
+        contrast = (np.median(flat, axis=0) - lo) / max(typical, 1e-6) / half_width**2
     good &= contrast > min_contrast
     kbest = np.argmin(np.where(np.isfinite(flat), flat, np.inf), axis=0)
     ia, ib = np.unravel_index(kbest, (no, no))
