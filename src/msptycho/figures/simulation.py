@@ -108,8 +108,8 @@ def simulation_overview(truth, scan_pair_images=None, mean_pattern=None, vacuum_
     for ax, pat, lab in ((axes[2, 1], mean_pattern, "mean pattern (log)"), (axes[2, 2], vacuum_probe, "vacuum probe")):
         if pat is not None:
             q = pat.shape[0] / 2 * (mrad_per_pixel or 1)
-            ax.imshow(np.log10(np.maximum(pat, 1e-3 * pat.max() if lab == "vacuum probe" else 0.1)), cmap="magma",
-                      extent=(-q, q, q, -q))
+            floor = pat.max() * (1e-3 if lab == "vacuum probe" else 1e-4)
+            ax.imshow(np.log10(np.maximum(pat, floor)), cmap="magma", extent=(-q, q, q, -q))
             ax.set_title(lab, fontsize=6)
             ax.set_xlabel("q_y (mrad)" if mrad_per_pixel else "q_y (px)")
         else:
