@@ -106,7 +106,9 @@ def test_calibrated_defocus_is_closer_to_the_truth_and_within_3_percent(result):
     assert result.aberrations.C12_A == 0.0 and result.aberrations.C30_A == 0.0
 
 
-def test_same_seed_same_result_and_one_log_line_per_evaluation(data, caplog):
+def test_same_seed_same_result_and_one_log_line_per_evaluation(data, caplog, tmp_path):
+    from msptycho.io import open_datacube, write_datacube
+
     dc, cal = data
     small = replace(SETTINGS, num_evaluations=5, num_initial_points=2, num_posterior_points=1,
                     iterations_per_evaluation=2, central_positions=4, anisotropic_kernel=True)
@@ -115,13 +117,20 @@ def test_same_seed_same_result_and_one_log_line_per_evaluation(data, caplog):
         a = calibrate(dc, cal, start, 0.0, PARAMS, small)
     lines = [r.getMessage() for r in caplog.records if r.name == "msptycho.calibrate"]
     assert sum(m.startswith("evaluation ") for m in lines) == 5
-    b = calibrate(dc, cal, start, 0.0, PARAMS, small)
+    write_datacube(tmp_path / "datacube.h5", dc, cal)
+    with open_datacube(tmp_path / "datacube.h5") as (dset, cal_file):   # the h5py dataset, read lazily
+        b = calibrate(dset, cal_file, start, 0.0, PARAMS, small)
     assert [e.parameters for e in a.evaluations] == [e.parameters for e in b.evaluations]
     assert [e.objective for e in a.evaluations] == [e.objective for e in b.evaluations]
     assert a.best == b.best
     assert [e.kind for e in a.evaluations] == ["start", "random", "random", "guided", "posterior"]
-    c = calibrate(dc, cal, start, 0.0, PARAMS, replace(small, num_evaluations=4, num_posterior_points=0, seed=1))
+    # another seed explores other points (transposed scan and a vacuum probe exercise those paths)
+    probe = physics.probe_real((N_WIN, N_WIN), SAMPLING, E, SEMI, physics.Aberrations(defocus_A=TRUE_DEFOCUS_A))
+    vacuum = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
+    c = calibrate(dc, cal, start, 0.0, PARAMS, replace(small, num_evaluations=4, num_posterior_points=0, seed=1),
+                  transpose=True, vacuum_probe_intensity=vacuum)
     assert c.evaluations[1].parameters != a.evaluations[1].parameters
+    assert c.transpose and all(np.isfinite(e.objective) for e in c.evaluations)
 
 
 def test_json_round_trip_is_atomic_and_complete(result, tmp_path):
@@ -217,6 +226,8 @@ def test_bad_input_is_one_clear_sentence(data, tmp_path):
         run(datacube=dc[0])
     with pytest.raises(InputError, match="Calibration"):
         run(calibration={"energy_eV": E})
+    with pytest.raises(InputError, match="recon_params"):
+        run(recon_params={"num_slices": 1})
     with pytest.raises(InputError, match="unknown field"):
         CalibrationSettings.from_mapping({"num_evals": 3})
     assert CalibrationSettings.from_mapping({"step_scale_range": [0.8, 1.5]}).step_scale_range == (0.8, 1.5)

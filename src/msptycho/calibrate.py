@@ -494,8 +494,14 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
     from .ptycho import ReconstructionParameters, reconstruct
 
     log = logger or LOG
-    settings = (settings or CalibrationSettings()).validate()
+    if recon_params is not None and not isinstance(recon_params, ReconstructionParameters):
+        raise InputError(f"calibrate: 'recon_params' is a {type(recon_params).__name__}; expected a "
+                         "msptycho.ptycho.ReconstructionParameters (build it with ReconstructionParameters.from_mapping).")
+    if settings is not None and not isinstance(settings, CalibrationSettings):
+        raise InputError(f"calibrate: 'settings' is a {type(settings).__name__}; expected a "
+                         "msptycho.calibrate.CalibrationSettings (build it with CalibrationSettings.from_mapping).")
     recon_params = (recon_params or ReconstructionParameters()).validate()
+    settings = (settings or CalibrationSettings()).validate()
     shape = _check_inputs(datacube, calibration, start_aberrations, start_rotation_deg, settings)
 
     # the central subset, read once (an h5py dataset reads only these rows and columns)

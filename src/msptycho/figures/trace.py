@@ -20,7 +20,8 @@ LABELS = {
     "C12a_A": r"C12 cos 2$\phi$ (A)",
     "C12b_A": r"C12 sin 2$\phi$ (A)",
 }
-KIND_STYLE = {"start": ("s", "tab:green"), "random": ("o", "0.55"), "guided": ("o", "tab:blue")}
+KIND_STYLE = {"start": ("s", "tab:green"), "random": ("o", "0.55"), "guided": ("o", "tab:blue"),
+              "posterior": ("D", "tab:purple")}
 
 
 def plot_calibration_trace(result, out_path: str | os.PathLike, title: str | None = None,
@@ -29,7 +30,7 @@ def plot_calibration_trace(result, out_path: str | os.PathLike, title: str | Non
 
     Top: the objective (normalised data error, log scale) of each evaluation in order, coloured by
     kind (start, random, guided by the acquisition function), with the running best as a line and
-    the best evaluation starred. Bottom: one panel per optimised parameter, the objective against
+    the best evaluation starred ("posterior": the Gaussian process's own best guess). Bottom: one panel per optimised parameter, the objective against
     the parameter's value for every evaluation (colour = evaluation number), the bounds as the
     x range, the start dotted and the best starred.
 
