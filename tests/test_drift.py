@@ -267,3 +267,29 @@ def test_simulator_pair_nominal_layout():
     assert rms(errs[info]) < 0.5
     assert np.all(np.abs(d_corr / half - 1) < 0.005)
     assert np.max(np.abs(d_corr / half - 1)) < np.max(np.abs(d_raw / half - 1))
+
+
+def test_haadf_h5_roundtrip_and_figure(pair_result, tmp_path):
+    import h5py
+
+    from msptycho.figures.calibration import plot_drift
+    from msptycho.io import Provenance, read_provenance
+    from msptycho.io.calib_io import read_haadf, write_haadf
+
+    images, truth, result = pair_result
+    p = tmp_path / "02_drift" / "haadf.h5"
+    write_haadf(p, result, Provenance(rule="drift_correct", params={"pair_layout": "transposed"}))
+    back = read_haadf(p)
+    assert np.allclose(back.image, result.image, rtol=1e-6, atol=1e-4)
+    for k in (0, 1):
+        assert np.array_equal(back.origins_px[k], result.origins_px[k])
+        assert np.array_equal(back.informative[k], result.informative[k])
+    assert back.pair_layout == "transposed" and back.residual_final == result.residual_final
+    assert read_provenance(p).rule == "drift_correct"
+    assert [q.name for q in p.parent.iterdir()] == ["haadf.h5"]  # no temporary file left
+    with h5py.File(p, "a") as f:
+        del f["scan_lines/origins_90deg_px"]
+    with pytest.raises(InputError, match="origins_90deg_px"):
+        read_haadf(p)
+    png = plot_drift(result, images[0], images[1], tmp_path / "drift.png", title="synthetic pair")
+    assert png.stat().st_size > 10_000

@@ -149,3 +149,28 @@ def test_bad_input():
         parallax_fit(cube, Calibration(300e3, 25, 1, 1))
     with pytest.raises(InputError, match="multiples"):
         parallax_fit(np.ones((10, 10, 16, 16)), Calibration(300e3, 25, 1, 1), bin_factors=(3, 2))
+
+
+def test_parallax_h5_roundtrip_and_figure(tmp_path):
+    import h5py
+
+    from msptycho.figures.calibration import plot_parallax
+    from msptycho.io import Provenance, read_provenance
+    from msptycho.io.calib_io import read_parallax, write_parallax
+
+    cube, cal = simulate(physics.Aberrations(defocus_A=120.0), 5.0, seed=5, n_scan=20)
+    res = parallax_fit(cube, cal, fit_coma=True)
+    p = tmp_path / "parallax.h5"
+    write_parallax(p, res, Provenance(rule="parallax"))
+    back = read_parallax(p)
+    for k in ("defocus_A", "C12_A", "phi12_rad", "C21_A", "scan_rotation_deg", "transpose", "image_sampling_A"):
+        assert getattr(back, k) == getattr(res, k)
+    assert np.array_equal(back.shifts_A, res.shifts_A) and np.array_equal(back.inliers, res.inliers)
+    assert back.history == res.history and back.aberrations.defocus_A == res.defocus_A
+    assert read_provenance(p).rule == "parallax"
+    with h5py.File(p, "a") as f:
+        del f.attrs["defocus_A"]
+    with pytest.raises(InputError, match="defocus_A"):
+        read_parallax(p)
+    png = plot_parallax(res, tmp_path / "parallax.png", truth={"defocus_A": 120.0, "scan_rotation_deg": 5.0})
+    assert png.stat().st_size > 10_000

@@ -70,7 +70,7 @@ class ParallaxResult:
     C21_A, phi21_rad : float
         Axial coma (A, rad); NaN when not fitted.
     scan_rotation_deg : float
-        Rotation of the scan axes relative to the detector axes, degrees, in (-180, 180].
+        Rotation of the scan axes relative to the detector axes, degrees, in [-180, 180).
     transpose : bool
         Whether the scan axes are swapped.
     k_inv_A : ndarray (n, 2)
