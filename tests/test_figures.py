@@ -338,3 +338,60 @@ def test_captions_render_with_the_settings():
     for c in captions:
         text = env.from_string(c.read_text()).render(snakemake=sm)
         assert "pristine" in text and "{{" not in text, c.name
+
+
+# ------------------------------------------------------------------------------------------------
+# adapters from the library's result dataclasses (guards against renamed fields)
+
+
+#: attributes of the library's result dataclasses that the adapters read
+ADAPTER_FIELDS = {
+    ("msptycho.ptycho.parameters", "ReconstructionResult"): ("potential_VA", "sampling_A", "slice_thickness_A",
+                                                            "probe", "energy_eV", "semiangle_mrad"),
+    ("msptycho.lattice", "StrainResult"): ("dilation", "rotation_deg", "exx", "eyy", "exy", "g_vectors_inv_A"),
+    ("msptycho.lattice", "CoreResult"): ("core_mask", "sampling_A", "origin_A", "g200_inv_A", "g220_inv_A"),
+    ("msptycho.lattice", "DislocationResult"): ("points", "g_vectors_inv_A"),
+    ("msptycho.lattice", "SurfaceResult"): ("vertices_A", "faces", "slice_thickness_A"),
+}
+
+
+def test_result_dataclasses_have_the_fields_the_adapters_read():
+    import dataclasses
+    import importlib
+
+    for (mod, name), wanted in ADAPTER_FIELDS.items():
+        have = {f.name for f in dataclasses.fields(getattr(importlib.import_module(mod), name))}
+        assert set(wanted) <= have, (name, set(wanted) - have)
+    from msptycho.lattice.dislocations import POINT_FIELDS
+
+    assert {"slice", "x_A", "y_A", "line_id", "bx_A", "by_A"} <= set(POINT_FIELDS)
+
+
+def test_adapters(tmp_path, volume, strain, scene):
+    """The adapters on objects carrying exactly the fields listed in ADAPTER_FIELDS."""
+    from types import SimpleNamespace as NS
+
+    n, e = 48, 300e3
+    probe = np.fft.fftshift(physics.probe_real((n, n), DX, e, 25.0, physics.Aberrations(defocus_A=80.0)))
+    rec = NS(potential_VA=volume, sampling_A=DX, slice_thickness_A=DZ, probe=probe.astype(np.complex64),
+             energy_eV=e, semiangle_mrad=25.0)
+    g2 = np.array([[1 / 2.73, 1 / 2.73], [-1 / 2.73, 1 / 2.73]])
+    g1 = np.array([[1 / 2.73, 0.0], [0.0, 1 / 2.73]])
+    st = NS(g_vectors_inv_A=g2, **strain)
+    sv, sf, _, _, _, _ = scene
+    core_mask = np.zeros((6, 24, 24), bool)
+    core_mask[2:4, 8:14, 9:15] = True
+    core = NS(core_mask=core_mask, sampling_A=(2.0, 2.0), origin_A=(0.0, 0.0), g200_inv_A=g1, g220_inv_A=g2)
+    pts = {"slice": np.array([2, 3]), "x_A": np.array([10.0, 10.5]), "y_A": np.array([12.0, 12.0]),
+           "bx_A": np.array([2.73, 2.73]), "by_A": np.array([0.0, 0.0]), "line_id": np.array([0, 0])}
+    dis = NS(points=pts, g_vectors_inv_A=g2)
+    surf = NS(vertices_A=sv.astype(np.float32), faces=sf.astype(np.int32), slice_thickness_A=8.0)
+    _png(paper.fig2_from_results(rec, st, tmp_path / "fig2.png", settings=SET), min_aspect=0.8, max_aspect=1.3)
+    a, b = paper.probe_figures_from_result(rec, tmp_path / "s6.png", tmp_path / "s7.png",
+                                           initial_aberrations={"defocus_A": 70.0}, settings=SET)
+    _png(a, max_aspect=1.0)
+    _png(b)
+    _png(paper.fft_from_results(rec, tmp_path / "s8.png", strain=st, core=core, dislocations=dis, settings=SET),
+         COLUMN_WIDTH_IN + 0.5)
+    _png(render3d.render_from_results(surf, tmp_path / "fig4.png", core=core, dislocations=dis, settings=SET,
+                                      backend="matplotlib"), min_aspect=0.4, max_aspect=0.8)
