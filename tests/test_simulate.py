@@ -177,3 +177,12 @@ def test_paper_preset_is_constructible_and_costed():
     assert c["transmission_bytes"] > 1e9  # a cluster job: several GB
     d = estimate_cost(preset("pristine"), seconds_per_fft=1e-3)
     assert d["positions"] == 1600 and d["slices"] == 36 and d["window_px"] == 216
+
+
+def test_simulate_sample_rejects_bad_input():
+    with pytest.raises(ValueError, match="recon_slice_thickness_A"):
+        simulate_sample(preset("pristine"), recon_slice_thickness_A=-1.0)
+    with pytest.raises(ValueError, match="scan_shape_px"):
+        simulate_sample(dataclasses.replace(preset("pristine"), scan_shape_px=(1, 4)))
+    with pytest.raises(ValueError, match="core_radius_A"):
+        simulate_sample(dataclasses.replace(preset("pristine"), core_radius_A=40.0))
