@@ -227,3 +227,23 @@ def test_surface_rejects_bad_slice_range(small_particle):
     g = ideal_g(A, 0.0, HK_220)
     with pytest.raises(InputError, match="slice_range"):
         surface_from_volume(sp.volume, sp.sampling_A, g, slice_thickness_A=10.0, slice_range=(2, 9))
+
+
+def test_settings_and_runners(small_particle):
+    from msptycho.lattice import (CoreSettings, DislocationSettings, StrainSettings, SurfaceSettings, run_core,
+                                  run_dislocations, run_strain, run_surface, settings_from_mapping)
+    sp = small_particle
+    st = settings_from_mapping(StrainSettings, {"reference_angle_deg": 0.0, "a_range_A": [5.3, 5.9]})
+    assert st.a_range_A == (5.3, 5.9)
+    with pytest.raises(InputError, match="unknown key"):
+        settings_from_mapping(CoreSettings, {"treshold": 0.2}, source="config core")
+    res, lat = run_strain(sp.volume, sp.sampling_A, st)
+    assert "given" in res.reference and res.mask.any()
+    core = run_core(sp.volume, sp.sampling_A, CoreSettings())
+    assert core.core_mask.any() and core.baseline.shape == (sp.volume.shape[0],)
+    dis = run_dislocations(sp.volume, sp.sampling_A, DislocationSettings(store_maps=False))
+    assert dis.amplitude is None
+    surf = run_surface(sp.volume, sp.sampling_A, sp.slice_thickness_A, SurfaceSettings(slice_range=(1, 2)))
+    assert surf.slice_range == (1, 2) and not surf.mask[0].any() and not surf.mask[3].any()
+    with pytest.raises(InputError, match="peak_family"):
+        run_surface(sp.volume, sp.sampling_A, 10.0, SurfaceSettings(peak_family="111"))
