@@ -395,3 +395,22 @@ def test_adapters(tmp_path, volume, strain, scene):
          COLUMN_WIDTH_IN + 0.5)
     _png(render3d.render_from_results(surf, tmp_path / "fig4.png", core=core, dislocations=dis, settings=SET,
                                       backend="matplotlib"), min_aspect=0.4, max_aspect=0.8)
+
+
+def test_render_auto_falls_back_to_matplotlib(tmp_path, scene, monkeypatch, caplog):
+    """When the pyvista child fails (no OpenGL, a crash), backend "auto" still writes the figure."""
+    sv, sf, cv, cf, lines, burgers = scene
+
+    def broken(*a, **k):
+        raise RuntimeError("pyvista render process exited with -11")
+
+    monkeypatch.setattr(render3d, "pyvista_available", lambda: True)
+    monkeypatch.setattr(render3d, "_render_child", broken)
+    with caplog.at_level("WARNING"):
+        out = render3d.render_particle(tmp_path / "fig4.png", sv, sf, slice_thickness_A=8.0, dislocation_lines=lines,
+                                       burgers_A=burgers, settings=SET)
+    _png(out, min_aspect=0.4, max_aspect=0.8)
+    assert "drawing with matplotlib" in caplog.text
+    with pytest.raises(RuntimeError, match="exited"):
+        render3d.render_particle(tmp_path / "fig4b.png", sv, sf, slice_thickness_A=8.0, settings=SET,
+                                 backend="pyvista")
