@@ -106,6 +106,9 @@ def test_dislocation_accuracy(cracked):
     print(f"dislocations deeper than {m['min_surface_distance_A']:.2f} A below the surface ({m['n_true_near_surface']} "
           f"true points nearer left out): precision {m['precision']:.3f}, recall {m['recall']:.3f}")
     assert m_all["precision"] >= 0.9 and m_all["recall"] >= 0.9
+    from msptycho.lattice import validate_against_truth
+    allm = validate_against_truth(sp, dislocations=res)["dislocations"]
+    assert allm["recall"] == m_all["recall"] and allm["recall_deep"] == m["recall"]
     assert m["precision"] >= 0.9 and m["recall"] >= 0.95
     # Burgers vectors of the matched points: nearest true point in the same slice
     errs = []

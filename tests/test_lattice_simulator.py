@@ -57,3 +57,7 @@ def test_on_simulator_truth(cracked_truth):
     assert abs(mc["centroid_slice_error"]) <= 1.0 and mc["core_iou"] >= 0.5
     assert ms["surface_iou"] >= 0.7
     assert md["precision"] >= 0.8 and md["recall"] >= 0.9
+    from msptycho.lattice import validate_against_truth
+    allm = validate_against_truth(t, strain=res, core=core, dislocations=d, surface=surf)
+    assert allm["strain"]["rotation_rms_deg_no_dislocation_cores"] == pytest.approx(m["rotation_rms_deg"])
+    assert allm["dislocations"]["recall"] == md["recall"] and allm["surface"]["surface_iou"] == ms["surface_iou"]

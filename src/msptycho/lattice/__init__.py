@@ -20,7 +20,7 @@ from .peaks import (A_CAF2_A, HK_200, HK_220, FluoriteLattice, check_peaks_prese
 from .settings import (CoreSettings, DislocationSettings, StrainSettings, SurfaceSettings, run_core,
                        run_dislocations, run_strain, run_surface, settings_from_mapping)
 from .surface import SurfaceResult, lattice_amplitude, surface_from_volume
-from .validate import (iou, match_points, validate_core, validate_dislocations, validate_strain,
+from .validate import (iou, match_points, validate_against_truth, validate_core, validate_dislocations, validate_strain,
                        validate_surface)
 
 __all__ = ["StrainSettings", "CoreSettings", "DislocationSettings", "SurfaceSettings", "run_strain", "run_core",
@@ -29,4 +29,4 @@ __all__ = ["StrainSettings", "CoreSettings", "DislocationSettings", "SurfaceSett
            "strain_from_F", "strain_from_volume", "CoreResult", "core_from_volume", "order_parameter",
            "DislocationResult", "burgers_vectors", "find_dislocations", "link_lines", "plaquette_winding",
            "SurfaceResult", "lattice_amplitude", "surface_from_volume", "iou", "match_points", "validate_core",
-           "validate_dislocations", "validate_strain", "validate_surface"]
+           "validate_dislocations", "validate_strain", "validate_surface", "validate_against_truth"]

@@ -224,3 +224,67 @@ def validate_surface(result, truth_particle_mask) -> dict:
     tm = np.asarray(truth_particle_mask, dtype=bool)
     a, b = result.slice_range
     return {"surface_iou": iou(result.mask[a:b + 1], tm[a:b + 1]), "slice_range": [int(a), int(b)]}
+
+
+def validate_against_truth(truth, strain=None, core=None, dislocations=None, surface=None, *,
+                           edge_band_A: float = 10.0, dislocation_radius_A: float = 3.0) -> dict:
+    """All lattice metrics against a ground truth on the same grid.
+
+    Parameters
+    ----------
+    truth : object
+        With attributes ``dilation`` (fraction), ``rotation_rad`` (or ``rotation_deg``),
+        ``particle_mask``, ``core_mask`` ((nz, nx, ny)), ``dislocations`` (fields ``slice``,
+        ``x_A``, ``y_A``) and ``sampling_A``, e.g. :class:`msptycho.simulate.GroundTruth` or
+        :class:`~msptycho.lattice.synthetic.SyntheticParticle`.
+    strain, core, dislocations, surface : results, optional
+        :class:`StrainResult`, :class:`CoreResult`, :class:`DislocationResult`, :class:`SurfaceResult`
+        of a volume on the truth's grid (same shape, sampling and origin).
+    edge_band_A : float
+        Band at the particle edge left out of the strain errors, A.
+    dislocation_radius_A : float
+        Matching radius of dislocation positions, A.
+
+    Returns
+    -------
+    dict of dicts: ``strain`` (all pixels; ``*_no_dislocation_cores``: without discs of
+    3 x resolution around true dislocations; ``*_no_cores_no_interface``: also without a band of
+    +-2 x resolution around the true core boundary), ``core``, ``dislocations`` (all true points and
+    those deeper than the resolution below the surface), ``surface``.
+    """
+    out = {}
+    pm = np.asarray(truth.particle_mask, dtype=bool)
+    rot = (np.rad2deg(np.asarray(truth.rotation_rad)) if hasattr(truth, "rotation_rad")
+           else np.asarray(truth.rotation_deg))
+    tdis = getattr(truth, "dislocations", None)
+    has_dis = tdis is not None and len(np.asarray(tdis["slice"])) > 0
+
+    def same_grid(res, name):
+        shape = np.shape(getattr(res, "mask", getattr(res, "core_mask", None)))
+        if shape != pm.shape:
+            raise InputError(f"validation: {name} has shape {shape}, the truth {pm.shape}; resample to the truth's grid first.")
+
+    if strain is not None:
+        same_grid(strain, "strain")
+        r = strain.resolution_A
+        m = validate_strain(strain, truth.dilation, rot, pm, edge_band_A=edge_band_A)
+        cores = (near_points_mask(pm.shape, tdis["slice"], tdis["x_A"], tdis["y_A"], 3 * r, strain.sampling_A,
+                                  strain.origin_A) if has_dis else np.zeros(pm.shape, bool))
+        band = interface_band(np.asarray(truth.core_mask, dtype=bool), 2 * r, strain.sampling_A)
+        for suffix, ex in (("_no_dislocation_cores", cores), ("_no_cores_no_interface", cores | band)):
+            mm = validate_strain(strain, truth.dilation, rot, pm, edge_band_A=edge_band_A, exclude_mask=ex)
+            m.update({k + suffix: v for k, v in mm.items() if k.startswith(("dilation", "rotation", "n_pixels"))})
+        out["strain"] = m
+    if core is not None:
+        same_grid(core, "core")
+        out["core"] = validate_core(core, truth.core_mask)
+    if dislocations is not None and has_dis:
+        m = validate_dislocations(dislocations, tdis["slice"], tdis["x_A"], tdis["y_A"], dislocation_radius_A)
+        deep = validate_dislocations(dislocations, tdis["slice"], tdis["x_A"], tdis["y_A"], dislocation_radius_A,
+                                     particle_mask=pm,
+                                     min_surface_distance_A=dislocations.parameters.get("resolution_A", 1.6))
+        m.update({k + "_deep": v for k, v in deep.items()})
+        out["dislocations"] = m
+    if surface is not None:
+        out["surface"] = validate_surface(surface, pm)
+    return out
