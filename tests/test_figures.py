@@ -104,6 +104,10 @@ def test_complex_to_rgb_and_slice_choice():
     assert paper.top_middle_bottom(10, np.arange(2, 9), skip_top=3) == [3, 5, 8]
     assert paper.top_middle_bottom(4, [1], skip_top=0) == [1, 1, 1]
     np.testing.assert_allclose(paper.slice_depth_nm([0, 2], 12.0), [0.6, 3.0])
+    m = np.full((2, 20, 30), np.nan)
+    m[1, 5:8, 10:12] = 1.0
+    assert paper.particle_crop(m, 2) == (slice(3, 10), slice(8, 14))
+    assert paper.particle_crop(np.zeros((4, 5), bool)) == (slice(0, 4), slice(0, 5))
 
 
 def test_probe_fourier_removes_initial_aberrations():

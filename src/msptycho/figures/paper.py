@@ -308,6 +308,25 @@ def top_middle_bottom(n_slices: int, valid=None, skip_top: int = 0) -> list[int]
     return [int(v[min(i, v.size - 1)]) for i in (0, (v.size - 1) // 2, v.size - 1)]
 
 
+def particle_crop(maps, margin_px: int = 10) -> tuple[slice, slice]:
+    """Row and column slices of the bounding box of the finite (or True) pixels of ``maps``
+    (``(nz, nx, ny)`` or ``(nx, ny)``; e.g. a strain map, NaN outside the particle, or a mask), grown
+    by ``margin_px``; the whole grid when there are none.
+
+    Crop every array of a figure with the same box (``volume[:, rows, cols]``); positions in A then
+    need the new origin ``origin_A + (rows.start, cols.start) * pixel_size_A``.
+    """
+    m = np.asarray(maps)
+    good = m if m.dtype == bool else np.isfinite(m)
+    if good.ndim == 3:
+        good = good.any(axis=0)
+    if not good.any():
+        return slice(0, good.shape[0]), slice(0, good.shape[1])
+    idx = np.argwhere(good)
+    (r0, c0), (r1, c1) = idx.min(axis=0) - margin_px, idx.max(axis=0) + 1 + margin_px
+    return slice(max(0, int(r0)), min(good.shape[0], int(r1))), slice(max(0, int(c0)), min(good.shape[1], int(c1)))
+
+
 def _montage_grid(n: int, columns: int, width_in: float = PAGE_WIDTH_IN, extra_h_in: float = 0.45,
                   title_h_in: float = 0.16, aspect: float = 1.0):
     cols = max(1, min(columns, n))
@@ -1214,4 +1233,4 @@ def fft_from_results(reconstruction, out_path, *, strain=None, core=None, disloc
 __all__ = ["FigureSettings", "plot_haadf", "plot_slices_strain", "plot_slice_montage", "plot_order_parameter",
            "plot_dislocation_maps", "plot_probe_fourier", "plot_probe_real", "plot_fft_peaks", "plot_validation",
            "probe_fourier", "propagate_probe", "complex_to_rgb", "fig2_from_results", "probe_figures_from_result",
-           "fft_from_results", "slice_depth_nm", "slice_label", "top_middle_bottom", "valid_slices"]
+           "fft_from_results", "particle_crop", "slice_depth_nm", "slice_label", "top_middle_bottom", "valid_slices"]
