@@ -88,6 +88,7 @@ def plot_drift(result, image_0deg, image_90deg, out_path: str | os.PathLike, tit
         _show_fft(axes[1, 0], a, px, "FFT, 0° scan", k_max_inv_A)
         _show_fft(axes[1, 1], corr, px, "FFT, corrected", k_max_inv_A)
         ax = axes[1, 2]
+        unmeasured = False
         for k, (name, ls) in enumerate((("0°", "-"), ("90°", "--"))):
             d = result.drift_px[k] * px
             t = np.arange(len(d)) / len(d) + k
@@ -97,6 +98,9 @@ def plot_drift(result, image_0deg, image_90deg, out_path: str | os.PathLike, tit
                 bad = ~np.asarray(result.informative[k])
                 ax.plot(t[bad], d[bad, 0], ".", color="0.6", ms=1.5)
                 ax.plot(t[bad], d[bad, 1], ".", color="0.6", ms=1.5)
+                unmeasured = True
+        if unmeasured:
+            ax.plot([], [], ".", color="0.6", label="not measured")
         ax.set_xlabel("time (frames)")
         ax.set_ylabel(r"scan-line drift ($\AA$)")
         ax.set_title(f"residual {result.residual_initial:.2f} → {result.residual_final:.2f}")
