@@ -136,9 +136,9 @@ def local_lattice(volume, sampling_A, g_vectors_inv_A, mask_sigma_inv_A: float |
 
     Returns
     -------
-    g_local : ndarray (nz, 2, 2, nx, ny) float64
+    g_local : ndarray (nz, 2, 2, nx, ny) float32
         ``g_local[z, i, c]``: component ``c`` (x, y) of the local vector of reflection ``i``, 1/A.
-    amplitude : ndarray (nz, 2, nx, ny) float64
+    amplitude : ndarray (nz, 2, nx, ny) float32
         ``|B_i|``, V*A.
     """
     v = check_volume(volume)
@@ -147,8 +147,8 @@ def local_lattice(volume, sampling_A, g_vectors_inv_A, mask_sigma_inv_A: float |
     if not sigma > 0:
         raise InputError(f"lattice analysis: mask_sigma_inv_A must be positive, got {mask_sigma_inv_A!r}.")
     nz, nx, ny = v.shape
-    gl = np.empty((nz, 2, 2, nx, ny))
-    amp = np.empty((nz, 2, nx, ny))
+    gl = np.empty((nz, 2, 2, nx, ny), dtype=np.float32)
+    amp = np.empty((nz, 2, nx, ny), dtype=np.float32)
     for z in range(nz):
         spec = np.fft.fft2(v[z])
         for i in range(2):
@@ -171,11 +171,15 @@ def deformation_gradient(g_local, reference_g_inv_A) -> np.ndarray:
 
 def _weighted_mean_g(g_local, amp, mask):
     """Amplitude-weighted mean local vectors ``(2, 2)`` over ``mask`` (nz, nx, ny)."""
-    w = (amp[:, 0] * amp[:, 1]) * mask
-    tot = w.sum()
+    out = np.zeros((2, 2))
+    tot = 0.0
+    for z in range(g_local.shape[0]):
+        w = (amp[z, 0].astype(np.float64) * amp[z, 1]) * mask[z]
+        tot += w.sum()
+        out += np.einsum("icxy,xy->ic", g_local[z].astype(np.float64), w)
     if not tot > 0:
         raise InputError("lattice analysis: the reference region holds no lattice signal above the amplitude threshold.")
-    return np.einsum("zicxy,zxy->ic", g_local, w) / tot
+    return out / tot
 
 
 def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A: float | None = None,
@@ -257,9 +261,11 @@ def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A
         desc = f"lattice: a = {float(reference_a_A):.4f} A, [100] at {ang:.4f} deg ({src})"
     else:
         raise InputError(f"lattice analysis: reference must be 'lattice' or 'region', got {reference!r}.")
-    F = deformation_gradient(gl, gref)
-    e = strain_from_F(F)
-    out = {k: np.where(mask, e[k], np.nan).astype(np.float32) for k in e}
+    out = {k: np.empty(v.shape, dtype=np.float32) for k in ("exx", "eyy", "exy", "dilation", "rotation_deg")}
+    for z in range(v.shape[0]):
+        e = strain_from_F(deformation_gradient(gl[z].astype(np.float64), gref))
+        for k in out:
+            out[k][z] = np.where(mask[z], e[k], np.nan)
     return StrainResult(exx=out["exx"], eyy=out["eyy"], exy=out["exy"], dilation=out["dilation"],
                         rotation_deg=out["rotation_deg"], amplitude=rel.astype(np.float32), mask=mask,
                         g_vectors_inv_A=g, reference_g_inv_A=np.asarray(gref, dtype=np.float64),
