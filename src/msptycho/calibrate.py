@@ -114,7 +114,7 @@ class CalibrationSettings:
     num_initial_points: int = 6
     iterations_per_evaluation: int = 4
     central_positions: int = 16
-    defocus_range_fraction: float = 0.3
+    defocus_range_fraction: float = 0.4
     defocus_range_min_A: float = 20.0
     rotation_range_deg: float = 3.0
     step_scale_range: tuple[float, float] = (0.5, 2.0)
@@ -287,6 +287,17 @@ class CalibrationResult:
         return float(self.aberrations.defocus_A)
 
     @property
+    def at_bounds(self) -> list:
+        """Parameters whose best value lies within 2 % of the range from a bound (the optimum may
+        lie outside: widen that range)."""
+        out = []
+        for k, (lo, hi) in self.bounds.items():
+            tol = 0.02 * (hi - lo)
+            if k in self.best and (self.best[k] <= lo + tol or self.best[k] >= hi - tol):
+                out.append(k)
+        return out
+
+    @property
     def start_objective(self) -> float:
         """Objective of the starting point (evaluation 0)."""
         return float(self.evaluations[0].objective)
@@ -306,6 +317,7 @@ class CalibrationResult:
             "start": {k: _f(v) for k, v in self.start.items()},
             "start_objective": _f(self.start_objective),
             "bounds": {k: [_f(v[0]), _f(v[1])] for k, v in self.bounds.items()},
+            "at_bounds": self.at_bounds,
             "objective": ("normalised amplitude error sum(|Psi|-a)^2/sum(a^2) of the last of "
                           f"{self.settings.iterations_per_evaluation} engine iterations on the central "
                           f"{self.settings.central_positions}x{self.settings.central_positions} scan positions"),
@@ -619,7 +631,7 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
              "step_scale %.4g, error %.6g (start %.6g), %.1f s", best_i + 1, best["defocus_A"], start["defocus_A"],
              best["scan_rotation_deg"], start["scan_rotation_deg"], best["step_scale"],
              evaluations[best_i].objective, evaluations[0].objective, total)
-    return CalibrationResult(
+    result = CalibrationResult(
         best=best, best_index=best_i, best_objective=evaluations[best_i].objective, start=start_opt,
         bounds={k: tuple(float(v) for v in bounds[k]) for k in names}, aberrations=ab,
         scan_rotation_deg=float(best["scan_rotation_deg"]), transpose=bool(transpose),
@@ -627,6 +639,10 @@ def calibrate(datacube, calibration: Calibration, start_aberrations: physics.Abe
         settings=settings,
         subset={"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop], "scan_shape": list(shape[:2])},
         evaluation_parameters=eval_params.to_dict(), total_seconds=total)
+    for k in result.at_bounds:
+        log.warning("calibrate: the best %s (%.5g) lies at the edge of its range [%.5g, %.5g]; the optimum may "
+                    "lie outside it: widen the range", k, best[k], *bounds[k])
+    return result
 
 
 # --------------------------------------------------------------------------------------------
