@@ -146,3 +146,118 @@ def position_errors(initial_A, refined_A, true_A) -> dict:
 
     return {"initial_rms_A": rms(ini - tru, True), "refined_rms_A": rms(ref - tru, True),
             "initial_rms_raw_A": rms(ini - tru, False), "refined_rms_raw_A": rms(ref - tru, False)}
+
+
+def crop_grid(obj, region: tuple, nz: int, grid_shape: tuple, new_origin_A=None):
+    """A copy of a result dataclass cut to a common region of its grid.
+
+    Every array field shaped ``(nz', nx, ny)`` (``(nx, ny)`` = ``grid_shape``) becomes
+    ``[:nz, region]``, every ``(nx, ny)`` field becomes ``[region]``; ``origin_A`` is replaced by
+    ``new_origin_A`` and a ``slice_range`` is clipped to ``nz``. Point positions (Angstrom) need no
+    change.
+    """
+    import dataclasses
+
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, np.ndarray) and v.ndim == 3 and v.shape[1:] == tuple(grid_shape):
+            changes[f.name] = v[(slice(0, nz),) + tuple(region)]
+        elif isinstance(v, np.ndarray) and v.ndim == 2 and v.shape == tuple(grid_shape):
+            changes[f.name] = v[tuple(region)]
+    if new_origin_A is not None and hasattr(obj, "origin_A"):
+        changes["origin_A"] = tuple(float(x) for x in new_origin_A)
+    if hasattr(obj, "slice_range"):
+        a, b = obj.slice_range
+        changes["slice_range"] = (min(a, nz - 1), min(b, nz - 1))
+    return dataclasses.replace(obj, **changes)
+
+
+def _finite(d):
+    """JSON-friendly copy: numpy scalars/arrays to Python, NaN to None."""
+    if isinstance(d, dict):
+        return {str(k): _finite(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_finite(v) for v in d]
+    if isinstance(d, np.ndarray):
+        return _finite(d.tolist())
+    if isinstance(d, (np.floating, float)):
+        return float(d) if np.isfinite(d) else None
+    if isinstance(d, (np.integer,)):
+        return int(d)
+    return d
+
+
+def validate_reconstruction(truth, recon, strain, core, dislocations, surface, lattice_settings: dict,
+                            edge_band_A: float = 10.0, dislocation_radius_A: float = 3.0):
+    """Every validation number of one synthetic sample.
+
+    Parameters
+    ----------
+    truth : msptycho.simulate.GroundTruth
+    recon : msptycho.ptycho.ReconstructionResult
+    strain, core, dislocations, surface : results of the analysis rules on ``recon``
+    lattice_settings : dict
+        ``{"strain": StrainSettings, "core": ..., "dislocations": ..., "surface": ...}`` used to
+        run the same analyses on the true potential (the method's own error).
+
+    Returns
+    -------
+    metrics : dict
+        JSON-ready: ``potential`` (:func:`compare_potential`), ``positions``
+        (:func:`position_errors`), ``method_on_truth`` and ``reconstruction`` (lattice metrics of
+        :func:`msptycho.lattice.validate_against_truth`, on the true volume and on the
+        reconstruction).
+    figure_inputs : dict
+        Arrays for :func:`msptycho.figures.paper.plot_validation`.
+    """
+    from . import lattice
+
+    metrics = {"potential": compare_potential(recon.potential_VA, recon.origin_A, recon.sampling_A,
+                                              truth.potential_VA, truth.origin_A, truth.sampling_A,
+                                              truth.particle_mask, truth.core_mask)}
+    if truth.scan_positions_A is not None:
+        metrics["positions"] = position_errors(recon.positions_initial_A, recon.positions_A, truth.scan_positions_A)
+
+    # the analysis methods on the true volume: their own error, apart from the reconstruction's
+    V, dx, o = truth.potential_VA, truth.sampling_A, tuple(truth.origin_A)
+    on_truth = {}
+    try:
+        on_truth["strain"] = lattice.run_strain(V, dx, lattice_settings["strain"], o)[0]
+        on_truth["core"] = lattice.run_core(V, dx, lattice_settings["core"], o)
+        on_truth["dislocations"] = lattice.run_dislocations(V, dx, lattice_settings["dislocations"], o)
+        on_truth["surface"] = lattice.run_surface(V, dx, truth.slice_thickness_A, lattice_settings["surface"], o)
+        metrics["method_on_truth"] = lattice.validate_against_truth(
+            truth, **on_truth, edge_band_A=edge_band_A, dislocation_radius_A=dislocation_radius_A)
+    except InputError as e:
+        metrics["method_on_truth"] = {"error": str(e)}
+
+    # the reconstruction's analyses, cut with the truth to their common region
+    ov = overlap(truth.origin_A, truth.potential_VA.shape[1:], recon.origin_A, recon.potential_VA.shape[1:],
+                 truth.sampling_A)
+    nz = min(truth.n_slices, recon.potential_VA.shape[0])
+    new_origin = (truth.origin_A[0] + ov.a[0].start * truth.sampling_A,
+                  truth.origin_A[1] + ov.a[1].start * truth.sampling_A)
+    t = crop_grid(truth, ov.a, nz, truth.potential_VA.shape[1:], new_origin)
+    grid = recon.potential_VA.shape[1:]
+    cut = {k: crop_grid(r, ov.b, nz, grid, new_origin) for k, r in
+           (("strain", strain), ("core", core), ("dislocations", dislocations), ("surface", surface))}
+    metrics["reconstruction"] = lattice.validate_against_truth(
+        t, **cut, edge_band_A=edge_band_A, dislocation_radius_A=dislocation_radius_A)
+
+    mid = nz // 2
+    truth_rot_deg = np.rad2deg(t.rotation_rad)
+    pm = t.particle_mask[mid]
+    figure_inputs = {
+        "slice_thickness_A": float(truth.slice_thickness_A),
+        "slice_correlation": np.asarray(metrics["potential"]["slice_correlation"]),
+        "strain_error_maps": {
+            "dilation": np.where(pm, cut["strain"].dilation[mid] - t.dilation[mid], np.nan),
+            "rotation_deg": np.where(pm, cut["strain"].rotation_deg[mid] - truth_rot_deg[mid], np.nan)},
+        "pixel_size_A": float(truth.sampling_A),
+        "strain_error_slice": int(mid),
+        "core_profile": cut["core"].core_mask.sum(axis=(1, 2)) * truth.sampling_A**2 / 100.0,
+        "core_profile_truth": t.core_mask.sum(axis=(1, 2)) * truth.sampling_A**2 / 100.0,
+        "dislocation_metrics": metrics["reconstruction"].get("dislocations"),
+    }
+    return _finite(metrics), figure_inputs
