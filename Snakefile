@@ -11,6 +11,10 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/validate.smk"
 include: "workflow/rules/provenance.smk"
 
 

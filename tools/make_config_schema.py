@@ -28,9 +28,7 @@ SECTIONS = {
     "simulation": ("msptycho.simulate.presets", "SimulationParameters", ("name",), {}),
     "drift": ("msptycho.drift", "correct_drift", (), {}),
     "parallax": ("msptycho.parallax", "parallax_fit", (), {}),
-    "calibrate": ("msptycho.calibrate", "CalibrationSettings", ("seed",), {
-        "enabled": {"type": "boolean", "description": "run the Bayesian calibration (false: start the reconstruction from the parallax estimates)"},
-    }),
+    "calibrate": ("msptycho.calibrate", "CalibrationSettings", ("seed",), {}),
     "reconstruct": ("msptycho.ptycho.parameters", "ReconstructionParameters", ("seed", "fft_workers"), {
         "engine": {"enum": ["cpu", "gpu"], "description": "cpu: Numba engine (rule reconstruct); gpu: CuPy engine (rule reconstruct_gpu)"},
     }),

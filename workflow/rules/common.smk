@@ -36,6 +36,13 @@ def vacuum_probe_file(wildcards):
 DRIFT_SAMPLES = [s for s in SAMPLES if scan_pair_file(s)]
 
 
+def truth_file(wildcards):
+    """The simulator's truth of a synthetic sample ([] for real data): printed beside estimates."""
+    if config["samples"][wildcards.sample]["source"] == "synthetic":
+        return f"results/{wildcards.sample}/00_raw/truth.h5"
+    return []
+
+
 def raw_datacube(wildcards):
     """The raw 4D-STEM file of a sample: the simulator's output or the user's file."""
     s = config["samples"][wildcards.sample]
