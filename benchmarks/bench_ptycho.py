@@ -86,6 +86,7 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
                                                     tv_z_weight_VA=0.01, tv_xy_weight_VA=0.01),
                 vacuum_probe_intensity=vacw, initial_aberrations=ab)
 
+    rss_base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     t0 = time.perf_counter()
     dc, vac = synthetic_datacube(c["scan"], c["n"])
     t_data = time.perf_counter() - t0
@@ -107,15 +108,16 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
     floor, fft_lib = fft_floor(c["n"], params.batch_size, ffts_per_iter, be.workers)
     nz, (nx, ny) = c["nz"], res.potential_VA.shape[1:]
     B, n = params.batch_size, c["n"]
-    model_bytes = (nz * nx * ny * 4 * 2            # potential and TV work array
-                   + 2 * nz * B * n * n * 8        # stored incident waves and transmissions
+    model_bytes = (nz * nx * ny * (4 * 2 + 8)      # potential, TV work array, exp(i sigma V)
+                   + nz * B * n * n * 8            # stored incident waves of every slice
                    + 4 * B * n * n * 8             # residual/gradient, detector wave, shift derivatives
-                   + 2 * nx * ny * 4)              # gradient and illumination of one slice
+                   + 3 * nx * ny * 4)              # gradient, illumination, projected potential
     return dict(case=name, positions=int(dc.shape[0] * dc.shape[1]), window=n, slices=nz,
                 object_px=[int(nx), int(ny)], iterations=it, seconds_per_iteration=per_iter,
                 setup_seconds=t_total - float(np.sum(res.seconds_history)), data_seconds=t_data,
                 ffts_per_iteration=ffts_per_iter, fft_floor_seconds=floor, fft_library=fft_lib,
-                ratio_to_floor=per_iter / floor, cpu_seconds_per_iteration=cpu_total / it, peak_rss_GiB=rss_gib,
+                ratio_to_floor=per_iter / floor, engine_fft_library=res.fft_library,
+                baseline_rss_GiB=rss_base_gib, cpu_seconds_per_iteration=cpu_total / it, peak_rss_GiB=rss_gib,
                 datacube_GiB=dc.nbytes / 1024**3, model_GiB=model_bytes / 1024**3,
                 threads=be.workers, cpu=os.cpu_count())
 
@@ -124,11 +126,23 @@ def fft_floor(n, batch, count, workers, min_seconds=2.0):
     """Seconds for ``count`` unitary complex64 n x n FFTs in batches, best library, extrapolated
     from at least ``min_seconds`` of measurement."""
     from scipy.fft._pocketfft import pypocketfft as pfft
-    a = (np.random.default_rng(0).standard_normal((batch, n, n)) * (1 + 1j)).astype(np.complex64)
+    a = np.empty((batch, n, n), dtype=np.complex64)
+    a.real = np.random.default_rng(0).standard_normal((batch, n, n), dtype=np.float32)
+    a.imag = 1.0
     libs = {
-        "scipy-pocketfft": lambda: pfft.c2c(a, (-2, -1), True, 1, a, workers),
-        "numpy": lambda: np.fft.fft2(a, norm="ortho", out=a),
+        "pocketfft": lambda: pfft.c2c(a, (-2, -1), True, 0, a, workers),
+        "numpy": lambda: np.fft.fft2(a, out=a),
     }
+    try:
+        import pyfftw
+        b = pyfftw.empty_aligned((batch, n, n), dtype=np.complex64)
+        b[...] = a
+        for flag in ("FFTW_ESTIMATE", "FFTW_MEASURE"):
+            plan = pyfftw.FFTW(b, b, axes=(-2, -1), flags=(flag,), threads=workers)
+            b[...] = a
+            libs["fftw-" + flag[5:].lower()] = plan.execute
+    except ImportError:
+        pass
     best = (np.inf, "")
     for name, f in libs.items():
         f()
@@ -187,32 +201,32 @@ def main(argv=None):
                 raise SystemExit(f"case {name} failed")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             if a.py4dstem:
-                row["py4dstem"] = run_py4dstem(name, tmp, a.iterations, a.threads)
+                row["py4dstem"] = run_py4dstem(name, tmp, a.iterations or CASES[name]["iterations"], a.threads)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     print_table(rows)
 
 
 def print_table(rows):
-    hdr = ("case", "threads", "positions", "window", "slices", "s/iter", "CPU s/iter", "FFTs/iter", "FFT floor s", "x floor",
-           "peak RSS GiB", "cube+model GiB", "py4DSTEM s/iter", "py4DSTEM CPU s/iter", "x faster")
+    hdr = ("case", "threads", "FFT lib", "positions", "window", "slices", "s/iter", "CPU s/iter", "FFTs/iter", "FFT floor s", "x floor",
+           "peak RSS GiB (above start)", "cube+model GiB", "py4DSTEM s/iter", "py4DSTEM CPU s/iter", "x faster")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         p = r.get("py4dstem", {})
         ps = p.get("seconds_per_iteration")
         print("| " + " | ".join([
-            r["case"], str(r["threads"]), str(r["positions"]), f"{r['window']}^2", str(r["slices"]),
+            r["case"], str(r["threads"]), r["engine_fft_library"], str(r["positions"]), f"{r['window']}^2", str(r["slices"]),
             f"{r['seconds_per_iteration']:.2f}", f"{r['cpu_seconds_per_iteration']:.2f}",
             f"{r['ffts_per_iteration']:.0f}",
             f"{r['fft_floor_seconds']:.2f} ({r['fft_library']})", f"{r['ratio_to_floor']:.2f}",
-            f"{r['peak_rss_GiB']:.2f}", f"{2 * r['datacube_GiB'] + r['model_GiB']:.2f}",
+            f"{r['peak_rss_GiB']:.2f} ({r['peak_rss_GiB'] - r['baseline_rss_GiB']:.2f})", f"{2 * r['datacube_GiB'] + r['model_GiB']:.2f}",
             f"{ps:.2f}" if ps else (p.get("error", "-") if p else "-"),
             f"{p['cpu_seconds_per_iteration']:.2f}" if ps else "-",
             f"{ps / r['seconds_per_iteration']:.1f}" if ps else "-"]) + " |")
     if rows:
         print(f"\n{rows[0]['cpu']} cores; CPU s = process CPU time (all threads); 'cube+model' is twice the "
-              "float32 datacube plus the engine's model and work arrays (the memory goal).")
+              "float32 datacube plus the engine's model and work arrays (the memory goal); RSS in brackets is above the process's peak after imports and the Numba warm-up.")
 
 
 if __name__ == "__main__":

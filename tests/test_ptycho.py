@@ -265,3 +265,41 @@ def test_reconstruction_file_round_trip_and_figure(tmp_path):
     png = tmp_path / "convergence.png"
     plot_convergence(back, png)
     assert png.stat().st_size > 10_000
+
+
+def test_tv_step_smooths_along_z_and_in_xy_separately():
+    from msptycho.ptycho.kernels_cpu import tv_step
+    rng = np.random.default_rng(2)
+    V = rng.random((4, 20, 20)).astype(np.float32) * 10
+    work = np.empty_like(V)
+    tv_xy = lambda a: float(np.sum(np.abs(np.diff(a, axis=1))) + np.sum(np.abs(np.diff(a, axis=2))))
+    tv_z = lambda a: float(np.sum(np.abs(np.diff(a, axis=0))))
+    a = V.copy()
+    tv_step(a, work, 0.0, 0.0, 0.1)
+    assert np.array_equal(a, V)                        # zero weights: no change
+    a = V.copy()
+    tv_step(a, work, 0.0, 0.2, 0.1)
+    assert tv_xy(a) < 0.9 * tv_xy(V) and np.allclose(a.mean(), V.mean(), rtol=1e-3)
+    assert np.abs(a - V).max() <= 4 * 0.2 + 1e-5       # largest change bounded by 4 x weight
+    b = V.copy()
+    tv_step(b, work, 0.2, 0.0, 0.1)
+    assert tv_z(b) < 0.9 * tv_z(V) and np.abs(b - V).max() <= 2 * 0.2 + 1e-5
+    # z-only smoothing leaves a z-constant object alone
+    c = np.broadcast_to(V[:1], V.shape).copy()
+    c0 = c.copy()
+    tv_step(c, work, 0.2, 0.0, 0.1)
+    assert np.array_equal(c, c0)
+
+
+def test_affine_position_fit_and_iteration_log(caplog):
+    import logging
+    dc, cal, vac, _, _ = _dataset(jitter_A=0.1)
+    params = ReconstructionParameters(**FAST, position_affine_fit=True)
+    with caplog.at_level(logging.INFO, logger="msptycho.ptycho"):
+        res = reconstruct(dc, cal, params, vacuum_probe_intensity=vac, initial_aberrations=DEFOCUS)
+    a = np.hstack([res.positions_initial_A, np.ones((len(res.positions_A), 1))])
+    coef, *_ = np.linalg.lstsq(a, res.positions_A, rcond=None)
+    assert np.abs(a @ coef - res.positions_A).max() < 1e-9       # an exact affine map of the grid
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert len(lines) == FAST["num_iterations"]
+    assert all(" error " in l and " step " in l and " seconds " in l for l in lines)

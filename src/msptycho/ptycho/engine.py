@@ -116,7 +116,7 @@ class MultisliceEngine:
             self.dY = self.be.zeros((B, n, n), np.complex64)
             self.vproj = np.zeros(self.obj_shape, dtype=np.float32)
             self.pcurv = np.zeros((B, 2), dtype=np.float64)
-        self.sum_a2 = float(np.sum(np.square(amplitudes, dtype=np.float64)))
+        self.sum_a2 = sum_of_squares(amplitudes)
         self.curv = 1.0 if params.loss == "amplitude" else 2.0
 
     def refresh(self) -> None:
@@ -318,16 +318,24 @@ def affine_fit(initial: np.ndarray, refined: np.ndarray) -> np.ndarray:
 
 # -- public entry point ---------------------------------------------------------------------------
 
+def sum_of_squares(a: np.ndarray, chunk: int = 256) -> float:
+    """``sum a^2`` in float64, a chunk of positions at a time (no full-size temporary)."""
+    return float(sum(np.sum(np.square(a[i:i + chunk], dtype=np.float64)) for i in range(0, len(a), chunk)))
+
+
 def prepare_amplitudes(datacube: np.ndarray, center_px, source: str = "datacube") -> np.ndarray:
     """``sqrt`` of the patterns, re-centred and ``ifftshift``-ed to numpy FFT order, float32 (N, n, n).
 
-    A detector centre other than ``(n // 2, n // 2)`` is moved there by a whole-pixel roll.
+    Reads one scan row at a time (``datacube`` may be an ``h5py.Dataset``) and checks each for
+    NaN and negative counts. A detector centre other than ``(n // 2, n // 2)`` is moved there by
+    a whole-pixel roll.
     """
     rx, ry, qx, qy = datacube.shape
     out = np.empty((rx * ry, qx, qy), dtype=np.float32)
     shift = (qx // 2 - int(round(center_px[0])), qy // 2 - int(round(center_px[1])))
     for i in range(rx):
         block = np.asarray(datacube[i], dtype=np.float32)
+        check_counts(block, "reconstruct", "datacube")
         if shift != (0, 0):
             block = np.roll(block, shift, axis=(1, 2))
         block = np.fft.ifftshift(block, axes=(1, 2))
@@ -408,9 +416,8 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
     cal = cal.with_center((qx, qy)).validate("reconstruct")
     n = qx
     amps = prepare_amplitudes(datacube, cal.detector_center_px)
-    check_counts(amps, "reconstruct", "datacube")
     N = rx * ry
-    mean_counts = float(np.sum(np.square(amps, dtype=np.float64)) / N)
+    mean_counts = sum_of_squares(amps) / N
     if not mean_counts > 0:
         raise InputError("reconstruct: field 'datacube' holds no counts; expected diffraction patterns with signal.")
 
