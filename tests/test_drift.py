@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from msptycho.drift import correct_drift, splat
 from msptycho.io import InputError
@@ -78,7 +78,7 @@ def true_origins(pos, u):
 
 def lattice_spacings_A(image, pixel_A, a_guess=A_LATTICE, angle_rad=ANGLE_RAD):
     """Spacings (A) along the two lattice directions, from the two first-order reciprocal peaks
-    refined off-grid by maximising the windowed Fourier amplitude (bounded Powell)."""
+    refined off-grid on a fine local grid of the windowed Fourier amplitude."""
     im = image - ndimage.gaussian_filter(image, a_guess / pixel_A)   # high-pass: the lattice only
     win = np.outer(np.hanning(im.shape[0]), np.hanning(im.shape[1]))
     x = np.arange(im.shape[0])[:, None] * pixel_A
@@ -100,25 +100,31 @@ def lattice_spacings_A(image, pixel_A, a_guess=A_LATTICE, angle_rad=ANGLE_RAD):
         near = (np.abs(np.hypot(gx, gy) * a_guess - 1) < 0.1) & (np.abs(dang) < np.deg2rad(10))
         k = np.unravel_index(np.argmax(np.where(near, F, -1.0)), n4)
         best = (None, np.array([gx[k[0], 0], gy[0, k[1]]]))
-        d = 2.0 / (n4[0] * pixel_A)  # two steps of the padded FFT grid
-        r = optimize.minimize(amp, best[1], method="Powell", bounds=[(g - d, g + d) for g in best[1]],
-                              options={"xtol": 1e-8, "ftol": 1e-10})
-        assert np.all(np.abs(r.x - best[1]) < 0.99 * d), "the peak lies on the bound"
-        out.append(1.0 / np.hypot(*r.x))
+        # refine on a fine local grid (+-1 step of the padded FFT grid) and a parabola per axis
+        d = np.array([1.0 / (n4[0] * pixel_A), 1.0 / (n4[1] * pixel_A)])
+        t = np.linspace(-1, 1, 21)
+        vals = np.array([[-amp(best[1] + np.array([a, b]) * d) for b in t] for a in t])
+        ia, ib = np.unravel_index(np.argmax(vals), vals.shape)
+        assert 0 < ia < 20 and 0 < ib < 20, "the peak lies on the edge of the local grid"
+        g = best[1] + np.array([t[ia], t[ib]]) * d
+        for ax, (c, m, p_) in enumerate(((vals[ia, ib], vals[ia - 1, ib], vals[ia + 1, ib]),
+                                          (vals[ia, ib], vals[ia, ib - 1], vals[ia, ib + 1]))):
+            g[ax] += 0.5 * (m - p_) / (m - 2 * c + p_) * (t[1] - t[0]) * d[ax]
+        out.append(1.0 / np.hypot(*g))
     return np.array(out)
 
 
-def covered_box(mask, fraction=0.995):
-    """Bounds (x0, x1, y0, y1) of a box, shrunk from the bounding box of ``mask`` one edge at a
-    time (the worst-covered edge first) until ``fraction`` of it lies inside ``mask``."""
+def covered_box(mask, fraction=0.98):
+    """Bounds (x0, x1, y0, y1) of the largest square centred on the centroid of ``mask`` of which
+    at least ``fraction`` lies inside ``mask``."""
     xs, ys = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    while mask[x0:x1, y0:y1].mean() < fraction:
-        sub = mask[x0:x1, y0:y1]
-        cover = {"x0": sub[0].mean(), "x1": sub[-1].mean(), "y0": sub[:, 0].mean(), "y1": sub[:, -1].mean()}
-        side = min(cover, key=cover.get)
-        x0, x1, y0, y1 = x0 + (side == "x0"), x1 - (side == "x1"), y0 + (side == "y0"), y1 - (side == "y1")
-    return x0, x1, y0, y1
+    cx, cy = int(round(xs.mean())), int(round(ys.mean()))
+    h = 1
+    while True:
+        x0, x1, y0, y1 = cx - h - 1, cx + h + 1, cy - h - 1, cy + h + 1
+        if x0 < 0 or y0 < 0 or x1 > mask.shape[0] or y1 > mask.shape[1] or mask[x0:x1, y0:y1].mean() < fraction:
+            return cx - h, cx + h, cy - h, cy + h
+        h += 1
 
 
 @pytest.fixture(scope="module")

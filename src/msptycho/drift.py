@@ -329,7 +329,7 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "
                   refine_iterations: int = 10, refine_search_px: float = 2.0, refine_offsets: int = 7,
                   refine_min_search_px: float = 0.25, line_smoothing_sigma: float = 2.0,
                   kernel_sigma_px: float = 0.5, pad_frac: float = 0.1, coarse_blur_px: float = 3.0,
-                  min_line_contrast: float = 0.1, frame_gap: float = 0.0,
+                  min_line_contrast: float = 0.3, frame_gap: float = 0.0,
                   translation_search_frac: float = 0.05) -> DriftResult:
     """Correct linear and non-linear drift of an orthogonal scan pair.
 
@@ -361,7 +361,9 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "
     refine_min_search_px : float
         Smallest half-width of the per-line offset search, pixels.
     line_smoothing_sigma : float
-        Gaussian smoothing of the per-line offsets along the slow scan axis, in scan lines (0: none).
+        Gaussian smoothing of the per-line offsets along the slow scan axis, in scan lines (0: none),
+        in the last iterations; wider windows smooth more (line_smoothing_sigma * search /
+        refine_min_search_px).
     kernel_sigma_px : float
         Gaussian kernel of the resampling onto the output grid, pixels.
     pad_frac : float
@@ -468,7 +470,10 @@ def correct_drift(image_0deg, image_90deg, pixel_size_A, *, pair_layout: str = "
             delta, informative[k] = _line_offsets(lines_it[k], origins[k], dirs[k], res[other], wts[other],
                                                   offs, step, min_line_contrast)
             if line_smoothing_sigma > 0:
-                delta = ndimage.gaussian_filter1d(delta, line_smoothing_sigma, axis=0, mode="nearest")
+                # smoother while the window is wide: a block of lines cannot fall into a wrong
+                # lattice basin on its own
+                sigma_it = line_smoothing_sigma * max(1.0, search / max(refine_min_search_px, 1e-6))
+                delta = ndimage.gaussian_filter1d(delta, sigma_it, axis=0, mode="nearest")
             origins[k] = origins[k] + delta
         origins = _centre(origins, ideal)
         res, wts = _resample_pair(norm, origins, dirs, shape, sig)
