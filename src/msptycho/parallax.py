@@ -486,7 +486,7 @@ def _coarsen(vbf: VirtualBF, factor: int):
 
 def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray, *,
                  iterations: int = 6, smooth_px: float = 1.0, max_step_px: float = 4.0,
-                 edge_frac: float = 0.2, band_limit_px=None) -> np.ndarray:
+                 edge_frac: float = 0.2, band_limit_px=None, regularize_k_inv_A=None) -> np.ndarray:
     """Align images to their (weighted) mean by cross-correlation, iteratively.
 
     Each image is compared with the weighted mean of all the *other* aligned images.
@@ -513,11 +513,16 @@ def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
         carry both side bands ``k +- p`` of the bright-field disk, whose transfer is a pure shift
         times a real, even function; beyond it the single side band adds a phase that biases the
         measured shift (by tens of percent for pixels near the disk edge).
+    regularize_k_inv_A : ndarray (n, 2) or None
+        Spatial frequency of each image: when given, the shifts each iteration starts from are the
+        robust affine fit ``M k + s0`` of the previous iteration's measurements (the aberration
+        model to first order), which keeps single images, e.g. ones dominated by aliased lattice
+        fringes, from running away; the returned shifts are still the last measurements.
 
     Returns
     -------
     ndarray (n, 2)
-        Refined displacements, scan pixels.
+        Measured displacements of the last iteration, scan pixels.
     """
     n, rx, ry = images.shape
     m = images.mean(axis=(1, 2), keepdims=True)
@@ -534,6 +539,11 @@ def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
     s = np.array(shifts_px, dtype=np.float64, copy=True)
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
+    if regularize_k_inv_A is not None:
+        kk = np.asarray(regularize_k_inv_A, dtype=np.float64)
+        design = np.column_stack([kk[:, 0], kk[:, 1], np.ones(len(kk))])
+        sw = np.sqrt(w)[:, None]
+    raw = s.copy()
     for _ in range(iterations):
         ramp = np.exp(2j * np.pi * (px_[None] * s[:, 0, None, None] + py_[None] * s[:, 1, None, None]))
         aligned = np.fft.ifft2(F * ramp).real * win
@@ -544,12 +554,22 @@ def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
         cc = np.fft.ifft2(Fa * np.conj(Fr_k) * filt).real
         upd = _peaks(cc)
         upd = np.clip(upd, -max_step_px, max_step_px)
-        s += upd
         # the common translation of all images is arbitrary: keep the weighted mean shift fixed
-        s -= np.tensordot(w, upd, axes=1)[None, :]
+        upd -= np.tensordot(w, upd, axes=1)[None, :]
+        raw = s + upd
+        if regularize_k_inv_A is None:
+            s = raw
+        else:
+            # shifts of the next iteration: the affine fit s = M k + s0 of the measured ones (robust)
+            keep = np.ones(len(raw), dtype=bool)
+            for _pass in range(2):
+                coef, *_ = np.linalg.lstsq((design * sw)[keep], (raw * sw)[keep], rcond=None)
+                r = np.hypot(*(raw - design @ coef).T)
+                keep = r <= 3.0 * 1.4826 * np.median(r) + 1e-6
+            s = design @ coef
         if np.max(np.abs(upd)) < 1e-3:
             break
-    return s
+    return raw
 
 
 def _peaks(cc):
@@ -623,7 +643,7 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
                  rotation_guess_deg: float | None = None, transpose: bool | None = None,
                  fit_coma: bool = False, outlier_sigma: float = 4.0, upsample: int = 2,
                  image_shifts: str = "fit", detector_center_px: tuple[float, float] | None = None,
-                 band_limit: bool = True, min_band_inv_A: float = 0.05,
+                 band_limit: bool = True, min_band_inv_A: float = 0.05, regularize: bool = True,
                  rows_per_block: int = 8) -> ParallaxResult:
     """Parallax (tilt-corrected bright field) fit of defocus, astigmatism, coma and scan rotation.
 
@@ -665,6 +685,9 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
         pixels near the disk edge.
     min_band_inv_A : float
         Lower bound of that band limit, 1/Angstrom.
+    regularize : bool
+        Start every alignment iteration from the robust affine fit (in k) of the previous
+        iteration's shifts instead of the shifts themselves (stabilises undersampled or noisy data).
     rows_per_block : int
         Scan rows of the datacube read at a time.
 
@@ -714,7 +737,8 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
         if band_limit and last:
             half_bin = b * dk / np.sqrt(2)
             band = np.maximum(kmax - np.hypot(*k.T) - half_bin, min_band_inv_A) * step
-        s_px = align_images(imgs, s0, w, iterations=iterations, smooth_px=smooth_px, band_limit_px=band)
+        s_px = align_images(imgs, s0, w, iterations=iterations, smooth_px=smooth_px, band_limit_px=band,
+                            regularize_k_inv_A=k if regularize else None)
         wfit = w if band is None else w * np.minimum(1.0, band / 0.5) ** 2
         f = fit_shifts(k, s_px * step, wfit, E, rotation_guess_deg=guess, transpose=transpose,
                        fit_coma=fit_coma and last, outlier_sigma=outlier_sigma)
