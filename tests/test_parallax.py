@@ -80,7 +80,8 @@ def report(name, truth, res, rot_true, transpose_true):
           f"C12 {res.C12_A:6.2f} A at {np.rad2deg(res.phi12_rad):6.1f} deg "
           f"(truth {truth.C12_A:6.2f} A at {np.rad2deg(truth.phi12_rad):6.1f} deg), "
           f"rotation {res.scan_rotation_deg:7.2f} deg (truth {rot_true:7.2f}), "
-          f"transpose {res.transpose} (truth {transpose_true}), residual {res.residual_rms_A:.3f} A; "
+          f"transpose {res.transpose} (truth {transpose_true}), residual {res.residual_rms_A:.3f} A, "
+          f"R^2 {res.explained_fraction:.3f}; "
           f"levels {[(h['bin'], h['n_images'], round(h['defocus_A'], 1)) for h in res.history]}")
 
 
@@ -124,6 +125,7 @@ def test_parallax_recovers_defocus_and_rotation(case):
     assert abs(res.defocus_A / case["ab"].defocus_A - 1) < 0.05
     assert abs(angle_diff(res.scan_rotation_deg, case["rot"])) < 1.0
     assert res.transpose == case["transpose"]
+    assert res.explained_fraction > 0.9
     assert res.image.shape == (2 * N_SCAN, 2 * N_SCAN) and np.all(np.isfinite(res.image))
 
 

@@ -87,6 +87,11 @@ class ParallaxResult:
         Constant displacement of the fit (object frame; a detector-centre error shows up here).
     residual_rms_A : float
         Weighted RMS of the fit residual over the inliers, Angstrom.
+    explained_fraction : float
+        Fraction of the (weighted) variance of the measured shifts that the model explains (R^2,
+        inliers). Near 1 for a clean parallax measurement; well below (say < 0.8) the shifts were
+        not measured reliably (e.g. BF images dominated by a crystal's lattice fringes aliased by a
+        scan step larger than half the lattice spacing) and the estimates should not be trusted.
     image : ndarray (H, W)
         Upsampled tilt-corrected BF image (contrast, mean 0), scan frame.
     image_sampling_A : float
@@ -117,6 +122,7 @@ class ParallaxResult:
     inliers: np.ndarray
     offset_A: np.ndarray
     residual_rms_A: float
+    explained_fraction: float
     image: np.ndarray
     image_sampling_A: float
     image_bf: np.ndarray
@@ -274,7 +280,7 @@ def fit_shifts(k_inv_A, shifts_A, weights, energy_eV: float, *, rotation_guess_d
     -------
     dict
         ``defocus_A, C12_A, phi12_rad, C21_A, phi21_rad, scan_rotation_deg, transpose, offset_A,
-        residual_rms_A, inliers, shifts_fit_A``.
+        residual_rms_A, explained_fraction, inliers, shifts_fit_A``.
     """
     k = np.asarray(k_inv_A, dtype=np.float64)
     s = np.asarray(shifts_A, dtype=np.float64)
@@ -333,6 +339,8 @@ def _fit_geometry(basis, s, w, inl, rotation_guess_deg, transpose):
                phi21_rad=float(np.arctan2(coef[4], coef[3])) if nc == 5 else float("nan"),
                scan_rotation_deg=float(theta_w), transpose=bool(tr), offset_A=coef[nc:nc + 2].copy(),
                residual_rms_A=float(np.sqrt(ssr_v / max(wi.sum(), 1e-30))),
+               explained_fraction=float(1.0 - ssr_v / max(float(np.sum(wi * np.sum(
+                   (si - np.average(si, axis=0, weights=wi)) ** 2, axis=1))), 1e-30)),
                shifts_fit_A=object_to_scan(d_fit, theta_w, tr))
     return out
 
@@ -486,7 +494,8 @@ def _coarsen(vbf: VirtualBF, factor: int):
 
 def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray, *,
                  iterations: int = 6, smooth_px: float = 1.0, max_step_px: float = 4.0,
-                 edge_frac: float = 0.2, band_limit_px=None, regularize_k_inv_A=None) -> np.ndarray:
+                 edge_frac: float = 0.2, band_limit_px=None, regularize_k_inv_A=None,
+                 notch_threshold: float = 0.0) -> np.ndarray:
     """Align images to their (weighted) mean by cross-correlation, iteratively.
 
     Each image is compared with the weighted mean of all the *other* aligned images.
@@ -519,6 +528,10 @@ def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
         model to first order), which keeps single images, e.g. ones dominated by aliased lattice
         fringes, from running away; the returned shifts are still the last measurements.
 
+    notch_threshold : float
+        Spatial frequencies where the images' mean power exceeds this many times its local median
+        (sharp lattice peaks) are left out of the correlation (0: off).
+
     Returns
     -------
     ndarray (n, 2)
@@ -539,6 +552,16 @@ def align_images(images: np.ndarray, shifts_px: np.ndarray, weights: np.ndarray,
     s = np.array(shifts_px, dtype=np.float64, copy=True)
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
+    if notch_threshold > 0:
+        # sharp peaks of the mean power spectrum (a crystal's lattice fringes, aliased by the scan
+        # step, move inconsistently with the shift) are left out of the correlation
+        win0 = np.outer(tukey(rx, edge_frac), tukey(ry, edge_frac))
+        power = np.tensordot(w, np.abs(np.fft.fft2(c * win0)) ** 2, axes=1)
+        background = ndimage.median_filter(power, size=7, mode="wrap")
+        peaks = power > notch_threshold * background
+        peaks[0, 0] = False
+        peaks = ndimage.binary_dilation(peaks, iterations=1)
+        filt = filt * np.where(peaks, 0.0, 1.0)[None]
     if regularize_k_inv_A is not None:
         kk = np.asarray(regularize_k_inv_A, dtype=np.float64)
         design = np.column_stack([kk[:, 0], kk[:, 1], np.ones(len(kk))])
@@ -644,6 +667,7 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
                  fit_coma: bool = False, outlier_sigma: float = 4.0, upsample: int = 2,
                  image_shifts: str = "fit", detector_center_px: tuple[float, float] | None = None,
                  band_limit: bool = True, min_band_inv_A: float = 0.05, regularize: bool = True,
+                 notch_threshold: float = 0.0,
                  rows_per_block: int = 8) -> ParallaxResult:
     """Parallax (tilt-corrected bright field) fit of defocus, astigmatism, coma and scan rotation.
 
@@ -688,6 +712,9 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
     regularize : bool
         Start every alignment iteration from the robust affine fit (in k) of the previous
         iteration's shifts instead of the shifts themselves (stabilises undersampled or noisy data).
+    notch_threshold : float
+        Leave out of the correlation the spatial frequencies where the mean power of the BF images
+        exceeds this many times its local median (sharp, aliased lattice peaks); 0: off.
     rows_per_block : int
         Scan rows of the datacube read at a time.
 
@@ -738,14 +765,15 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
             half_bin = b * dk / np.sqrt(2)
             band = np.maximum(kmax - np.hypot(*k.T) - half_bin, min_band_inv_A) * step
         s_px = align_images(imgs, s0, w, iterations=iterations, smooth_px=smooth_px, band_limit_px=band,
-                            regularize_k_inv_A=k if regularize else None)
+                            regularize_k_inv_A=k if regularize else None, notch_threshold=notch_threshold)
         wfit = w if band is None else w * np.minimum(1.0, band / 0.5) ** 2
         f = fit_shifts(k, s_px * step, wfit, E, rotation_guess_deg=guess, transpose=transpose,
                        fit_coma=fit_coma and last, outlier_sigma=outlier_sigma)
         f["coef"] = _coef_from(f)
         fit = f
         history.append(dict(bin=b, n_images=int(len(k)), defocus_A=f["defocus_A"],
-                            scan_rotation_deg=f["scan_rotation_deg"], residual_rms_A=f["residual_rms_A"]))
+                            scan_rotation_deg=f["scan_rotation_deg"], residual_rms_A=f["residual_rms_A"],
+                            explained_fraction=f["explained_fraction"]))
     if fit is None:
         raise InputError("parallax: no binning level has enough bright-field pixels; expected at least 7.")
     shifts_px = s_px
@@ -756,6 +784,7 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
         phi21_rad=fit["phi21_rad"], scan_rotation_deg=fit["scan_rotation_deg"], transpose=fit["transpose"],
         k_inv_A=k, shifts_A=shifts_px * step, shifts_fit_A=fit["shifts_fit_A"], weights=w,
         inliers=fit["inliers"], offset_A=fit["offset_A"], residual_rms_A=fit["residual_rms_A"],
+        explained_fraction=fit["explained_fraction"],
         image=image, image_sampling_A=step / upsample, image_bf=image_bf, detector_center_px=vbf.center_px,
         scan_step_A=step, energy_eV=E, history=history)
 

@@ -184,7 +184,8 @@ def plot_parallax(result, out_path: str | os.PathLike, title: str | None = None,
         ax.legend(loc="upper left", frameon=False, markerscale=3)
         lines = [f"defocus {result.defocus_A:.1f} Å",
                  f"C12 {result.C12_A:.1f} Å @ {np.rad2deg(result.phi12_rad):.0f}°",
-                 f"rotation {result.scan_rotation_deg:.2f}°" + (" (T)" if result.transpose else "")]
+                 f"rotation {result.scan_rotation_deg:.2f}°" + (" (T)" if result.transpose else "")
+                 + f", R² {result.explained_fraction:.2f}"]
         if np.isfinite(result.C21_A):
             lines.append(f"C21 {result.C21_A:.0f} Å @ {np.rad2deg(result.phi21_rad):.0f}°")
         if truth:

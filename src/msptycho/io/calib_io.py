@@ -129,7 +129,7 @@ def read_haadf(path):
 # -- 03_parallax/parallax.h5 -------------------------------------------------------------------
 
 _PARALLAX_SCALARS = ("defocus_A", "C12_A", "phi12_rad", "C21_A", "phi21_rad", "scan_rotation_deg",
-                     "residual_rms_A", "image_sampling_A", "scan_step_A", "energy_eV")
+                     "residual_rms_A", "explained_fraction", "image_sampling_A", "scan_step_A", "energy_eV")
 
 
 def write_parallax(path, result, provenance: Provenance | None = None) -> None:
