@@ -26,6 +26,13 @@ points; then points suggested by the acquisition function; the last ``num_poster
 to the maximum of the Gaussian process's posterior mean. Everything is seeded: the same data,
 parameters and settings give the same result.
 
+Reference plane: the calibrated defocus is the one that best explains the data for the engine's
+model with the given slices, i.e. it refers to the entrance surface of the reconstructed stack.
+For a thin object it equals the probe's defocus at the object; for a thick one, defocus and the
+object's depth within the stack trade against each other (depth resolution about
+``wavelength / semiangle^2``), so it can differ from the defocus at the sample's own entrance
+surface by a fraction of the sample's thickness.
+
 The layout of ``calibration.json`` is documented in ``workflow/schemas/calibration.md``.
 """
 
