@@ -15,6 +15,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/validate.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/provenance.smk"
 
 

@@ -3,6 +3,7 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # the library, also in envs without msptycho installed
 import dataclasses
+import math
 
 from msptycho import physics
 from msptycho.calibrate import CalibrationSettings, calibrate, write_calibration_json
@@ -22,8 +23,8 @@ try:
                                      seed=par.seed, fft_workers=snakemake.threads)
     cube, cal = read_datacube(inp.datacube)
     px = read_parallax(inp.parallax)
-    start = physics.Aberrations(defocus_A=px.defocus_A, C12_A=px.C12_A, phi12_rad=px.phi12_rad,
-                                C21_A=px.C21_A, phi21_rad=px.phi21_rad)
+    fitted = {k: getattr(px, k) for k in ("defocus_A", "C12_A", "phi12_rad", "C21_A", "phi21_rad")}
+    start = physics.Aberrations(**{k: v for k, v in fitted.items() if math.isfinite(v)})  # NaN: not fitted
     vacuum = read_vacuum_probe(inp.vacuum_probe)[0] if inp.get("vacuum_probe") else None
     log.info("start (parallax): %s, scan rotation %.2f deg", start.as_dict(), px.scan_rotation_deg)
     result = calibrate(cube, cal, start, px.scan_rotation_deg, recon, settings, logger=log,

@@ -58,7 +58,7 @@ def test_every_rule_has_an_existing_env():
     used = set()
     for f in rule_files:
         text = f.read_text()
-        n_rules = len(re.findall(r"^rule \w+:", text, flags=re.M))
+        n_rules = len(re.findall(r"^\s*rule \w+:", text, flags=re.M))
         envs = re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text)
         assert len(envs) == n_rules, f"{f.name}: {n_rules} rules but {len(envs)} conda: directives"
         for e in envs:

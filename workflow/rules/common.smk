@@ -77,3 +77,13 @@ def outputs_by_rule():
 def final_outputs():
     """Every per-sample product the default target builds, sorted."""
     return sorted(outputs_by_rule())
+
+
+def figure_output(name, caption):
+    """A per-sample figure under results/{sample}/figures/, registered for the report."""
+    return report(
+        f"results/{{sample}}/figures/{name}",
+        caption=f"../report/{caption}.rst",
+        category="4. Figures",
+        subcategory="{sample}",
+    )
