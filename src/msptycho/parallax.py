@@ -74,7 +74,7 @@ class ParallaxResult:
     transpose : bool
         Whether the scan axes are swapped.
     k_inv_A : ndarray (n, 2)
-        Spatial frequency (detector frame) of each virtual BF image of the finest level, 1/A.
+        Spatial frequency (detector frame) of each virtual BF image of the level used, 1/A.
     shifts_A : ndarray (n, 2)
         Measured displacement of each BF image, scan frame, Angstrom.
     shifts_fit_A : ndarray (n, 2)
@@ -105,7 +105,9 @@ class ParallaxResult:
     energy_eV : float
         Beam energy, eV.
     history : list of dict
-        Per binning level: ``bin``, ``n_images``, ``defocus_A``, ``scan_rotation_deg``, ``residual_rms_A``.
+        Per binning level: ``bin``, ``n_images``, ``defocus_A``, ``scan_rotation_deg``,
+        ``residual_rms_A``, ``explained_fraction``, ``accepted``, ``used`` (the level that gave the
+        estimates, shifts and image).
     """
 
     defocus_A: float
@@ -667,7 +669,7 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
                  fit_coma: bool = False, outlier_sigma: float = 4.0, upsample: int = 2,
                  image_shifts: str = "fit", detector_center_px: tuple[float, float] | None = None,
                  band_limit: bool = True, min_band_inv_A: float = 0.05, regularize: bool = True,
-                 notch_threshold: float = 0.0,
+                 notch_threshold: float = 3.0, min_explained_fraction: float = 0.8,
                  rows_per_block: int = 8) -> ParallaxResult:
     """Parallax (tilt-corrected bright field) fit of defocus, astigmatism, coma and scan rotation.
 
@@ -715,6 +717,10 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
     notch_threshold : float
         Leave out of the correlation the spatial frequencies where the mean power of the BF images
         exceeds this many times its local median (sharp, aliased lattice peaks); 0: off.
+    min_explained_fraction : float
+        A binning level is accepted when its fit explains at least this fraction of the shifts'
+        variance (R^2); the next level starts from the last accepted fit and the estimates come
+        from the finest accepted level (the best level when none is).
     rows_per_block : int
         Scan rows of the datacube read at a time.
 
@@ -742,8 +748,10 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
     image_bf = vbf.images.sum(axis=0)
     kmax = physics.mrad_to_inv_A(calibration.semiangle_mrad, E)
     dk = physics.mrad_to_inv_A(calibration.mrad_per_pixel, E)
-    fit = None
+    fit = None          # the fit the next level starts from (the last accepted one)
+    levels = []         # (fit, images, k, weights, measured shifts px) of every level
     history = []
+    lam = physics.wavelength_A(E)
     for b in bins:
         factor = b // bins[-1]
         if factor == 1:
@@ -756,35 +764,44 @@ def parallax_fit(datacube, calibration: Calibration, *, bin_factors: tuple[int, 
         if fit is None:
             s0 = np.zeros((len(k), 2))
         else:
-            d = np.tensordot(fit["coef"], shift_basis_A(k, physics.wavelength_A(E))[:len(fit["coef"])], axes=1)
-            d = d + fit["offset_A"][None, :]
+            d = np.tensordot(fit["coef"][:3], shift_basis_A(k, lam)[:3], axes=1) + fit["offset_A"][None, :]
             s0 = object_to_scan(d, fit["scan_rotation_deg"], fit["transpose"]) / step
         band = None
-        last = b == bins[-1]
-        if band_limit and last:
+        if band_limit and b == bins[-1]:
             half_bin = b * dk / np.sqrt(2)
             band = np.maximum(kmax - np.hypot(*k.T) - half_bin, min_band_inv_A) * step
         s_px = align_images(imgs, s0, w, iterations=iterations, smooth_px=smooth_px, band_limit_px=band,
                             regularize_k_inv_A=k if regularize else None, notch_threshold=notch_threshold)
         wfit = w if band is None else w * np.minimum(1.0, band / 0.5) ** 2
         f = fit_shifts(k, s_px * step, wfit, E, rotation_guess_deg=guess, transpose=transpose,
-                       fit_coma=fit_coma and last, outlier_sigma=outlier_sigma)
+                       fit_coma=False, outlier_sigma=outlier_sigma)
         f["coef"] = _coef_from(f)
-        fit = f
+        accepted = f["explained_fraction"] >= min_explained_fraction
+        if accepted or fit is None:
+            fit = f
+        levels.append((f, imgs, k, wfit, s_px, accepted))
         history.append(dict(bin=b, n_images=int(len(k)), defocus_A=f["defocus_A"],
                             scan_rotation_deg=f["scan_rotation_deg"], residual_rms_A=f["residual_rms_A"],
-                            explained_fraction=f["explained_fraction"]))
-    if fit is None:
+                            explained_fraction=f["explained_fraction"], accepted=bool(accepted)))
+    if not levels:
         raise InputError("parallax: no binning level has enough bright-field pixels; expected at least 7.")
-    shifts_px = s_px
-    use_px = fit["shifts_fit_A"] / step if image_shifts == "fit" else shifts_px
+    # the finest accepted level gives the estimates (the best one if none is accepted)
+    good = [lv for lv in levels if lv[5]]
+    f, imgs, k, w, s_px, _ = good[-1] if good else max(levels, key=lambda lv: lv[0]["explained_fraction"])
+    used_bin = history[levels.index(next(lv for lv in levels if lv[0] is f))]["bin"]
+    if fit_coma:
+        f = fit_shifts(k, s_px * step, w, E, rotation_guess_deg=guess, transpose=transpose,
+                       fit_coma=True, outlier_sigma=outlier_sigma)
+    for h in history:
+        h["used"] = h["bin"] == used_bin
+    use_px = f["shifts_fit_A"] / step if image_shifts == "fit" else s_px
     image = tilt_corrected_image(imgs, use_px, w, upsample=upsample)
     return ParallaxResult(
-        defocus_A=fit["defocus_A"], C12_A=fit["C12_A"], phi12_rad=fit["phi12_rad"], C21_A=fit["C21_A"],
-        phi21_rad=fit["phi21_rad"], scan_rotation_deg=fit["scan_rotation_deg"], transpose=fit["transpose"],
-        k_inv_A=k, shifts_A=shifts_px * step, shifts_fit_A=fit["shifts_fit_A"], weights=w,
-        inliers=fit["inliers"], offset_A=fit["offset_A"], residual_rms_A=fit["residual_rms_A"],
-        explained_fraction=fit["explained_fraction"],
+        defocus_A=f["defocus_A"], C12_A=f["C12_A"], phi12_rad=f["phi12_rad"], C21_A=f["C21_A"],
+        phi21_rad=f["phi21_rad"], scan_rotation_deg=f["scan_rotation_deg"], transpose=f["transpose"],
+        k_inv_A=k, shifts_A=s_px * step, shifts_fit_A=f["shifts_fit_A"], weights=w,
+        inliers=f["inliers"], offset_A=f["offset_A"], residual_rms_A=f["residual_rms_A"],
+        explained_fraction=f["explained_fraction"],
         image=image, image_sampling_A=step / upsample, image_bf=image_bf, detector_center_px=vbf.center_px,
         scan_step_A=step, energy_eV=E, history=history)
 
