@@ -31,9 +31,12 @@ Method:
    disk centre; a second pass accumulates virtual BF images of the detector binned by the finest
    binning factor, for binned pixels within ``bf_radius_fraction`` of the semi-angle;
 2. for each binning factor (coarse to fine; coarser images are sums of finer ones) the images,
-   normalised to their mean, are aligned iteratively against their mean by cross-correlation
-   (Fourier-shifted, windowed, parabolic sub-pixel peak); the shifts start from the fit of the
-   previous level;
+   normalised to their mean, are aligned iteratively against the mean of the others by
+   cross-correlation (Fourier-shifted, windowed, parabolic sub-pixel peak; sharp lattice peaks of
+   the mean power spectrum notched out; each iteration restarts from the robust affine fit of the
+   shifts); the shifts start from the last accepted level's fit; a level is accepted when its fit
+   explains at least ``min_explained_fraction`` of the shifts' variance, and the finest accepted
+   level gives the result;
 3. the shifts are fitted, with outlier rejection, by the aberration-gradient model over a grid of
    scan rotations (then refined) for both transpose hypotheses;
 4. the tilt-corrected image: every BF image is placed at its positions minus its (fitted) shift on a
