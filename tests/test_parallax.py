@@ -176,3 +176,16 @@ def test_parallax_h5_roundtrip_and_figure(tmp_path):
         read_parallax(p)
     png = plot_parallax(res, tmp_path / "parallax.png", truth={"defocus_A": 120.0, "scan_rotation_deg": 5.0})
     assert png.stat().st_size > 10_000
+
+
+def test_structureless_data_is_flagged_unreliable():
+    """Pure shot noise on a bright-field disk: no level is accepted and the low R^2 says so."""
+    rng = np.random.default_rng(9)
+    n_det = 32
+    q = np.hypot(*np.meshgrid(np.arange(n_det) - 16, np.arange(n_det) - 16, indexing="ij"))
+    disk = (q * 1.5 <= 25).astype(float)
+    cube = rng.poisson(50 * disk, size=(16, 16, n_det, n_det)).astype(np.float32)
+    res = parallax_fit(cube, Calibration(300e3, 25.0, 2.0, 1.5))
+    print(f"\nnoise only: R^2 {res.explained_fraction:.3f}, levels {[(h['bin'], h['accepted']) for h in res.history]}")
+    assert res.explained_fraction < 0.8
+    assert not any(h["accepted"] for h in res.history) and sum(h["used"] for h in res.history) == 1
