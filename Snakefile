@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless a config was given (--configfile config/paper.yaml): then that one
+# alone, not merged into the default's samples.
+if not config.get("samples"):
+
+    configfile: "config/config.yaml"
+
 
 
 include: "workflow/rules/common.smk"

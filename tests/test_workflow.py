@@ -90,3 +90,21 @@ def test_bad_input_fails_with_one_sentence_and_leaves_no_output(tmp_path):
     assert "cube.npy" in log and "NaN" in log
     folder = tmp_path / "results/bad/01_ingest"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_paper_config_dry_run_alone(tmp_path):
+    """config/paper.yaml plans the whole chain for its one sample, not merged with the default."""
+    r = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(ROOT / "config/paper.yaml"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    for rule in ("simulate", "ingest", "drift_correct", "parallax", "calibrate", "reconstruct", "strain",
+                 "core", "dislocations", "surface", "validate", "figures", "provenance"):
+        assert f"rule {rule}:" in out, rule
+    assert "results/paper_particle/05_reconstruct/reconstruction.h5" in out
+    assert "results/pristine" not in out
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    r = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(ROOT / "config/config.yaml"),
+                  "--profile", str(ROOT / "workflow/profiles/slurm"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
