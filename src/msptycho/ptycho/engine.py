@@ -66,8 +66,9 @@ class MultisliceEngine:
     def __init__(self, amplitudes, probe_k, positions_px, object_shape, sigma, propagator_k, params,
                  fourier_amplitude=None, aberration_basis=None, chi=None, backend=None):
         self.p = params
-        self.be = backend or CPUBackend(params.fft_workers, params.fft_library)
-        self.amps = amplitudes
+        self.be = be = backend or CPUBackend(params.fft_workers, params.fft_library)
+        # arrays the kernels touch live where the backend computes (identity on the CPU)
+        self.amps = be.asarray(amplitudes)
         self.N, self.n = amplitudes.shape[0], amplitudes.shape[1]
         n, nz = self.n, params.num_slices
         B = min(params.batch_size, self.N)
@@ -75,14 +76,15 @@ class MultisliceEngine:
         self.sigma = float(sigma)
         # the backend's FFTs are unnormalised: fold their gain into the propagators and kernels
         self.gain = self.be.fft_gain(n, n)
-        self.h = (np.asarray(propagator_k, dtype=np.complex128) / self.gain**2).astype(np.complex64)
-        self.hc = np.conj(self.h)
-        self.kx, self.ky = fw.window_frequencies(n)
+        h = (np.asarray(propagator_k, dtype=np.complex128) / self.gain**2).astype(np.complex64)
+        self.h, self.hc = be.asarray(h), be.asarray(np.conj(h))
+        self.kx, self.ky = (be.asarray(k) for k in fw.window_frequencies(n))
         self.obj_shape = tuple(object_shape)
         # state
-        self.V = np.zeros((nz,) + self.obj_shape, dtype=np.float32)
-        self.Pk = np.ascontiguousarray(probe_k, dtype=np.complex64).copy()
-        self.T = np.ones((nz,) + self.obj_shape, dtype=np.complex64)   # exp(i sigma V), kept in sync
+        self.V = be.zeros((nz,) + self.obj_shape, np.float32)
+        self.Pk = be.asarray(np.ascontiguousarray(probe_k, dtype=np.complex64).copy())
+        self.T = be.zeros((nz,) + self.obj_shape, np.complex64)   # exp(i sigma V), kept in sync
+        self.T[...] = 1
         self.pos = np.array(positions_px, dtype=np.float64)
         fw.clip_positions(self.pos, self.obj_shape, n)
         self.pos_initial = self.pos.copy()
@@ -95,27 +97,27 @@ class MultisliceEngine:
         # work arrays
         self.psi = self.be.zeros((nz, B, n, n), np.complex64)
         self.g = self.be.zeros((B, n, n), np.complex64)
-        self.rampx = np.zeros((B, n), dtype=np.complex64)
-        self.rampy = np.zeros((B, n), dtype=np.complex64)
-        self.corners = np.zeros((B, 2), dtype=np.int64)
+        self.rampx = be.zeros((B, n), np.complex64)
+        self.rampy = be.zeros((B, n), np.complex64)
+        self.corners = np.zeros((B, 2), dtype=np.int64)      # host; split_positions writes them
         self.frac = np.zeros((B, 2), dtype=np.float64)
-        self.err = np.zeros(B, dtype=np.float64)
-        self.loss = np.zeros(B, dtype=np.float64)
-        self.grad2d = np.zeros(self.obj_shape, dtype=np.float32)
-        self.illum2d = np.zeros(self.obj_shape, dtype=np.float32)
-        self.row_lo = np.zeros(self.obj_shape[0], dtype=np.int64)
-        self.row_hi = np.zeros(self.obj_shape[0], dtype=np.int64)
-        self.rowmax = np.zeros(self.obj_shape[0], dtype=np.float32)
-        self.gPk = np.zeros((n, n), dtype=np.complex64)
-        self.gpos = np.zeros((B, 2), dtype=np.float64)
-        self.tv_work = (np.zeros_like(self.V) if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0)
-                        else None)
+        self.err = be.zeros(B, np.float64)
+        self.loss = be.zeros(B, np.float64)
+        self.grad2d = be.zeros(self.obj_shape, np.float32)
+        self.illum2d = be.zeros(self.obj_shape, np.float32)
+        self.row_lo = be.zeros(self.obj_shape[0], np.int64)
+        self.row_hi = be.zeros(self.obj_shape[0], np.int64)
+        self.rowmax = be.zeros(self.obj_shape[0], np.float32)
+        self.gPk = be.zeros((n, n), np.complex64)
+        self.gpos = be.zeros((B, 2), np.float64)
+        self.tv_work = (be.zeros(self.V.shape, np.float32)
+                        if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0) else None)
         if params.position_correction:
-            self.wave_k = np.zeros((B, n, n), dtype=np.complex64)
-            self.dX = self.be.zeros((B, n, n), np.complex64)
-            self.dY = self.be.zeros((B, n, n), np.complex64)
-            self.vproj = np.zeros(self.obj_shape, dtype=np.float32)
-            self.pcurv = np.zeros((B, 2), dtype=np.float64)
+            self.wave_k = be.zeros((B, n, n), np.complex64)
+            self.dX = be.zeros((B, n, n), np.complex64)
+            self.dY = be.zeros((B, n, n), np.complex64)
+            self.vproj = be.zeros(self.obj_shape, np.float32)
+            self.pcurv = be.zeros((B, 2), np.float64)
         self.sum_a2 = sum_of_squares(amplitudes)
         self.curv = 1.0 if params.loss == "amplitude" else 2.0
 
@@ -130,19 +132,20 @@ class MultisliceEngine:
         be, K = self.be, self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
-        K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
+        corners = be.asarray(self.corners[:nb])
+        K.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
         K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.psi[0, :nb])
         be.ifft2(self.psi[0, :nb])
         g = self.g[:nb]
         for s in range(nz):
             out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            K.transmit(self.psi[s, :nb], self.T[s], self.corners[:nb], out)
+            K.transmit(self.psi[s, :nb], self.T[s], corners, out)
             if s < nz - 1:
                 be.fft2(out)
                 K.multiply(out, self.h)
                 be.ifft2(out)
         be.fft2(g)
-        return (np.abs(g) ** 2 / self.gain**2).astype(np.float32)
+        return (np.abs(be.asnumpy(g)) ** 2 / self.gain**2).astype(np.float32)
 
     # -- one mini-batch -------------------------------------------------------------------------
     def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
@@ -161,8 +164,8 @@ class MultisliceEngine:
         nb = len(idx)
         nz = self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
-        corners = self.corners[:nb]
-        K.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
+        corners = be.asarray(self.corners[:nb])
+        K.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
         psi0 = self.psi[0, :nb]
         K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
         be.ifft2(psi0)
@@ -176,10 +179,10 @@ class MultisliceEngine:
                 be.ifft2(out)
         be.fft2(g)
         if update_positions:
-            np.copyto(self.wave_k[:nb], g)
-        K.residual(g, self.amps, idx, self.p.loss == "poisson", 1.0 / self.gain, self.err, self.loss)
-        err = float(np.sum(self.err[:nb]))
-        loss = float(np.sum(self.loss[:nb]))
+            self.wave_k[:nb] = g
+        K.residual(g, self.amps, be.asarray(idx), self.p.loss == "poisson", 1.0 / self.gain, self.err, self.loss)
+        err = float(self.err[:nb].sum())
+        loss = float(self.loss[:nb].sum())
         be.ifft2(g)
         coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
         for s in range(nz - 1, -1, -1):
@@ -187,7 +190,7 @@ class MultisliceEngine:
                          self.grad2d, self.illum2d, self.row_lo, self.row_hi, self.rowmax)
             if gradients is not None:
                 if "object" not in gradients:
-                    gradients["object"] = np.zeros_like(self.V)
+                    gradients["object"] = be.zeros(self.V.shape, self.V.dtype)
                 K.copy_gradient(gradients["object"][s], self.grad2d, self.illum2d, self.row_lo, self.row_hi)
             else:
                 floor = self.p.illumination_regularization_fraction * float(self.rowmax.max())
@@ -206,11 +209,12 @@ class MultisliceEngine:
             K.probe_gradient(g, self.rampx, self.rampy, nb, self.gPk)
         # undo the forward FFT's gain on the incident-wave gradient (small arrays)
         if gradients is not None or update_probe:
-            np.multiply(self.gPk, np.float32(1.0 / self.gain), out=self.gPk)
+            self.gPk *= np.float32(1.0 / self.gain)
         self.gpos[:nb] /= self.gain
         if gradients is not None:
-            gradients["probe"] = self.gPk.copy()
-            gradients["positions"] = self.gpos[:nb].copy()
+            gradients["object"] = be.asnumpy(gradients["object"])
+            gradients["probe"] = be.asnumpy(self.gPk).copy()
+            gradients["positions"] = be.asnumpy(self.gpos[:nb]).copy()
             return err, loss
         if update_positions:
             K.exit_shift_derivative(self.psi[nz - 1, :nb], self.T[nz - 1], self.vproj, corners, nb,
@@ -222,14 +226,14 @@ class MultisliceEngine:
             self._move_positions(idx, nb)
         if update_probe:
             c = self.p.probe_step_size * self.step_scale / (2 * nb * self.curv)
-            np.multiply(self.gPk, np.float32(c), out=self.gPk)
-            np.subtract(self.Pk, self.gPk, out=self.Pk)
+            self.gPk *= np.float32(c)
+            self.Pk -= self.gPk
         return err, loss
 
     def _move_positions(self, idx, nb):
-        c = self.curv * self.pcurv[:nb]
+        c = self.curv * self.be.asnumpy(self.pcurv[:nb])
         c = c + 1e-3 * c.mean(axis=0) + 1e-30
-        d = -self.p.position_step_size * self.gpos[:nb] / c
+        d = -self.p.position_step_size * self.be.asnumpy(self.gpos[:nb]) / c
         lim = self.p.position_max_update_A / self.sampling_A
         np.clip(d, -lim, lim, out=d)
         self.pos[idx] += d
@@ -277,28 +281,30 @@ class MultisliceEngine:
             self.be.refresh_transmission(self.V, self.sigma, self.T)
         if probe_updated:
             amp = self.famp if (p.probe_fourier_amplitude_constraint and self.famp is not None) else None
+            Pk = self.be.asnumpy(self.Pk)
             if p.probe_aberration_fit_order >= 2 and self.basis is not None:
-                a = amp if amp is not None else np.abs(self.Pk).astype(np.float64)
+                a = amp if amp is not None else np.abs(Pk).astype(np.float64)
                 mask = a > 0.05 * a.max()
-                self.Pk[...], self.chi = fw.fit_aberration_surface(self.Pk, self.chi, self.basis, mask, a)
+                Pk_new, self.chi = fw.fit_aberration_surface(Pk, self.chi, self.basis, mask, a)
+                self.Pk[...] = self.be.asarray(Pk_new)
             elif amp is not None:
-                self.Pk[...] = (amp * np.exp(1j * np.angle(self.Pk))).astype(np.complex64)
+                self.Pk[...] = self.be.asarray((amp * np.exp(1j * np.angle(Pk))).astype(np.complex64))
         if positions_updated and p.position_affine_fit:
             self.pos[...] = affine_fit(self.pos_initial, self.pos)
             fw.clip_positions(self.pos, self.obj_shape, self.n)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"potential_VA": self.V, "probe_k": self.Pk, "positions_px": self.pos,
+        return {"potential_VA": self.be.asnumpy(self.V), "probe_k": self.be.asnumpy(self.Pk), "positions_px": self.pos,
                 "chi": self.chi if self.chi is not None else np.zeros(0),
                 "iteration": self.iteration, "step_scale": self.step_scale,
                 "error": np.array(self.history["error"]), "loss": np.array(self.history["loss"]),
                 "step": np.array(self.history["step"]), "seconds": np.array(self.history["seconds"])}
 
     def load_state(self, st: dict) -> None:
-        self.V[...] = st["potential_VA"]
+        self.V[...] = self.be.asarray(st["potential_VA"])
         self.refresh()
-        self.Pk[...] = st["probe_k"]
+        self.Pk[...] = self.be.asarray(st["probe_k"])
         self.pos[...] = st["positions_px"]
         if self.chi is not None and np.size(st["chi"]):
             self.chi = np.array(st["chi"], dtype=np.float64)
@@ -501,9 +507,9 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
         m = (famp if famp is not None else np.abs(pk)) > 0
         coef, *_ = np.linalg.lstsq(basis[:, m].T, (chi0 - eng.chi)[m], rcond=None)
         ab = {f"{p_},{m_},{k_}": float(c) for (p_, m_, k_), c in zip(terms, -coef)}
-    probe = np.fft.ifft2(eng.Pk.astype(np.complex128), norm="ortho").astype(np.complex64)
+    probe = np.fft.ifft2(eng.be.asnumpy(eng.Pk).astype(np.complex128), norm="ortho").astype(np.complex64)
     return ReconstructionResult(
-        potential_VA=eng.V, sampling_A=float(sampling), slice_thickness_A=float(params.slice_thickness_A),
+        potential_VA=eng.be.asnumpy(eng.V), sampling_A=float(sampling), slice_thickness_A=float(params.slice_thickness_A),
         origin_A=np.asarray(origin, dtype=np.float64), probe=probe,
         positions_initial_A=pos_A, positions_A=eng.pos * sampling + origin,
         error_history=np.array(eng.history["error"]), loss_history=np.array(eng.history["loss"]),
