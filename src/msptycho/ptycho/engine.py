@@ -16,7 +16,9 @@ with ``I`` the batch's illumination of each pixel of the slice, the probe's by `
 position's by the Gauss-Newton curvature ``2 sum_k Re(conj(Psi/|Psi|) dPsi)^2`` of the amplitude
 loss, where ``dPsi`` is the exit wave's derivative for a shift of the object under the probe in
 the projection approximation (``exit * i sigma grad(sum_s V_s)``, one extra FFT per position and
-axis); all halved for the Poisson loss, whose curvature is twice the amplitude loss's.
+axis). For the Poisson loss the detector-plane gradient used in updates is preconditioned by the
+loss's per-pixel curvature, which brings it to the amplitude loss's scale and keeps it bounded
+where the model is near zero but counts were recorded.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ class MultisliceEngine:
             self.vproj = be.zeros(self.obj_shape, np.float32)
             self.pcurv = be.zeros((B, 2), np.float64)
         self.sum_a2 = sum_of_squares(amplitudes)
-        self.curv = 1.0 if params.loss == "amplitude" else 2.0
+        # curvature of the loss relative to the amplitude loss's: 1, because the Poisson update is
+        # preconditioned per pixel to the amplitude loss's scale (kernels_cpu.residual, mode 2)
+        self.curv = 1.0
 
     def refresh(self) -> None:
         """Recompute the transmission ``exp(i sigma V)`` after ``V`` was changed from outside."""
@@ -180,7 +184,9 @@ class MultisliceEngine:
         be.fft2(g)
         if update_positions:
             self.wave_k[:nb] = g
-        K.residual(g, self.amps, be.asarray(idx), self.p.loss == "poisson", 1.0 / self.gain, self.err, self.loss)
+        # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
+        mode = 0 if self.p.loss == "amplitude" else (1 if gradients is not None else 2)
+        K.residual(g, self.amps, be.asarray(idx), mode, 1.0 / self.gain, self.err, self.loss)
         err = float(self.err[:nb].sum())
         loss = float(self.loss[:nb].sum())
         be.ifft2(g)

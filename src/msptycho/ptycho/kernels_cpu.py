@@ -106,7 +106,12 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     unnormalised inverse FFT of it is the unitary one.
 
     Amplitude loss ``sum (|Psi| - a)^2``: ``g = 2 (Psi - a Psi / |Psi|)``.
-    Poisson loss ``sum (|Psi|^2 - a^2 log |Psi|^2)``: ``g = 2 Psi (1 - a^2 / |Psi|^2)``.
+    ``poisson`` = 0: amplitude loss; 1: Poisson loss
+    ``sum (|Psi|^2 - a^2 log |Psi|^2)``, ``g = 2 Psi (1 - a^2 / |Psi|^2)``; 2: the same gradient
+    preconditioned, i.e. divided by the loss's per-pixel curvature in ``|Psi|`` relative to the
+    amplitude loss's, ``(|Psi|^2 + a^2) / (2 |Psi|^2)``, giving the bounded
+    ``2 Psi (|Psi|^2 - a^2) / (|Psi|^2 + a^2)`` (a Newton-like step where the model is near zero
+    but counts were recorded, where the plain gradient explodes).
     ``err[b]`` receives the amplitude error ``sum (|Psi| - a)^2`` of position ``b`` and
     ``loss[b]`` the value of the chosen loss (both float64, summed in a fixed order).
     """
@@ -131,7 +136,10 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
                 if poisson:
                     a2 = a * a
                     lo += m2 - a2 * math.log(m2 + tiny)
-                    wave_k[b, i, j] = two * w * (np.float32(1.0) - a2 / (m2 + tiny))
+                    if poisson == 2:
+                        wave_k[b, i, j] = two * w * ((m2 - a2) / (m2 + a2 + tiny))
+                    else:
+                        wave_k[b, i, j] = two * w * (np.float32(1.0) - a2 / (m2 + tiny))
                 else:
                     lo += d * d
                     if m > 0:
