@@ -274,6 +274,102 @@ def test_reconstruct_accepts_the_backend_and_returns_numpy():
     np.testing.assert_allclose(b.error_history, a.error_history, rtol=1e-4)
 
 
+def _plain(a):
+    return isinstance(a, np.ndarray) and not isinstance(a, DeviceArray)
+
+
+def _check(args, what):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            _check(a, what)
+        elif _plain(a) and a.ndim > 0:
+            raise TypeError(f"host array mixed with backend arrays in {what}")
+
+
+def _unwrap(a):
+    if isinstance(a, DeviceArray):
+        return a.view(np.ndarray)
+    if isinstance(a, (list, tuple)):
+        return type(a)(_unwrap(x) for x in a)
+    return a
+
+
+def _wrap(r):
+    if type(r) is np.ndarray:
+        return r.view(DeviceArray)
+    if isinstance(r, tuple):
+        return tuple(_wrap(x) for x in r)
+    return r
+
+
+class DeviceArray(np.ndarray):
+    """numpy array standing in for a device array: numpy calls that mix it with host arrays
+    raise (as CuPy's do), so host/device mixing in the engine shows up without a GPU."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kw):
+        _check(inputs + (out or ()), ufunc.__name__)
+        if out:
+            kw["out"] = tuple(_unwrap(o) for o in out)
+        r = getattr(ufunc, method)(*_unwrap(inputs), **kw)
+        return out[0] if out and len(out) == 1 else _wrap(r)
+
+    def __array_function__(self, func, types, args, kwargs):
+        _check(tuple(args) + tuple(kwargs.values()), func.__name__)
+        kw = {k: _unwrap(v) for k, v in kwargs.items()}
+        r = func(*_unwrap(args), **kw)
+        if "out" in kwargs and kwargs["out"] is not None:
+            return kwargs["out"]
+        return _wrap(r)
+
+    def __setitem__(self, key, value):
+        _check((value,), "__setitem__")
+        super().__setitem__(_unwrap(key), value)
+
+
+class DeviceNumpy:
+    """Array module whose functions return :class:`DeviceArray` (a stand-in for ``cupy``)."""
+    __name__ = "device_numpy"
+    ndarray = DeviceArray
+    fft = np.fft
+
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if not callable(f) or isinstance(f, type):
+            return f
+        def w(*a, **k):
+            return _wrap(f(*a, **k))
+        return w
+
+
+def _device_backend():
+    be = GPUBackend(xp=DeviceNumpy())
+    be.asnumpy = lambda a: np.array(a.view(np.ndarray) if isinstance(a, DeviceArray) else a)
+    be.asarray = lambda a: a if isinstance(a, DeviceArray) else np.array(a).view(DeviceArray)
+    return be
+
+
+def test_engine_keeps_host_and_backend_arrays_apart(tmp_path):
+    """The engine with a backend whose arrays refuse to mix with host arrays (as CuPy's do):
+    every update (object, probe with aberration fit and Fourier constraint, positions with the
+    affine fit, TV, positivity), a checkpoint and resume, the gradient check path and the model
+    patterns run, and the results come back as numpy arrays."""
+    dc, cal, vac, _, _ = _dataset(jitter_A=0.1)
+    params = ReconstructionParameters(**dict(FAST, num_iterations=3, loss="poisson", position_affine_fit=True,
+                                             checkpoint_every=2), seed=7)
+    kw = dict(vacuum_probe_intensity=vac, initial_aberrations=DEFOCUS, checkpoint_path=tmp_path / "ck.h5")
+    r = reconstruct(dc, cal, replace(params, num_iterations=2), backend=_device_backend(), **kw)
+    r = reconstruct(dc, cal, params, backend=_device_backend(), **kw)                # resumes at 2
+    for f in ("potential_VA", "probe", "positions_A", "error_history"):
+        assert type(getattr(r, f)) is np.ndarray, f
+    ref = reconstruct(dc, cal, params, vacuum_probe_intensity=vac, initial_aberrations=DEFOCUS)
+    np.testing.assert_allclose(r.error_history, ref.error_history, rtol=1e-4)
+    e = _engine(_device_backend())
+    grads = {}
+    e.batch(np.arange(e.B), gradients=grads)
+    assert all(type(v) is np.ndarray for v in grads.values())
+    assert type(e.model_patterns(np.arange(3))) is np.ndarray
+
+
 @NEEDS_CUDA
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("loss", ["amplitude", "poisson"])
