@@ -268,8 +268,8 @@ class GPUBackend:
         elif forward:
             np.fft.fft2(a, out=a)
         else:
-            # one axis at a time: numpy 2.4's ifft2(a, norm="forward", out=a) is wrong when out
-            # aliases a (fft2 and the 1-D transforms are right)
+            # one axis at a time: numpy 2.4's ifft2 mishandles ``out`` (numpy/numpy#30909, fixed
+            # by numpy/numpy#30910); fft2 and the 1-D transforms are right
             np.fft.ifft(a, axis=-1, norm="forward", out=a)
             np.fft.ifft(a, axis=-2, norm="forward", out=a)
 
