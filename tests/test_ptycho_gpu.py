@@ -4,6 +4,8 @@ Without a GPU the backend's maths is checked in its numpy mode (``GPUBackend(xp=
 kernel against the Numba kernel on random inputs, and a few iterations of a small reconstruction
 against the CPU engine. Where CuPy imports and sees a CUDA device the same checks also run on the
 GPU, for the fused CUDA kernels and for the pure array path, and otherwise skip with the reason.
+Without a GPU the fused kernels' CUDA sources are also compiled as C++ (host compiler, std::complex)
+and driven through the backend's fused path (see the end of the file).
 
 Tolerances are single precision. The kernels compute in float32/complex64 like the Numba ones but
 in another order (pairwise or tree sums, FMAs, another FFT and libm), so single kernels agree to
@@ -23,6 +25,8 @@ does not have the problem, so the ``reconstruct`` check uses it.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -395,3 +399,155 @@ def test_default_constructor_needs_cupy_or_names_the_extra():
     with pytest.raises(GPUUnavailableError, match="'gpu' extra"):
         GPUBackend()
     assert "'gpu' extra" in WHY_NOT
+
+
+# -- the CUDA sources, compiled as C++ and run on the CPU ---------------------------------------------
+# The fused kernels' bodies are plain C++ over complex<float>; with std::complex, a flat-indexed
+# CArray and a loop over the launch grid standing in for CUDA, they compile with the host compiler.
+# Driving GPUBackend's fused path through them checks the kernels' index arithmetic and maths and
+# the Python glue (argument order, dtypes, scalar types, contiguity, grid and block) without a GPU.
+# What this cannot check: NVRTC compilation, CuPy's kernel-call machinery and cuFFT.
+
+_CTYPE = {"complex64": "complex<float>", "float32": "float", "int32": "int", "int64": "long long"}
+_NP = {"complex64": np.complex64, "float32": np.float32, "int32": np.int32, "int64": np.int64}
+_ARRAY_INPUTS = {"psi", "V"}           # non-raw inputs that are arrays (the others are scalars)
+
+
+class _Spec:
+    """Records the kernels ``_CudaKernels`` defines (stand-in for the ``cupy`` module)."""
+
+    def __init__(self):
+        self.ek, self.raw = [], []
+
+    def ElementwiseKernel(self, inp, outp, body, name):
+        self.ek.append((inp, outp, body, name))
+
+    def RawKernel(self, src, name):
+        self.raw.append((src, name))
+
+
+def _cpp_source():
+    from msptycho.ptycho.kernels_gpu import _CudaKernels
+    spec = _Spec()
+    _CudaKernels(spec)
+    out = ["#include <complex>", "#include <cmath>", "#include <math.h>", "#include <cstddef>",
+           "using std::complex; using std::conj;", "#define __global__", "#define __device__",
+           "struct Dim3 { unsigned x, y, z; }; static Dim3 blockIdx, blockDim, threadIdx;",
+           "template <typename T> struct CArray { T* d; T& operator[](ptrdiff_t i) { return d[i]; } };"]
+    for src, _ in spec.raw:
+        out.append(src)
+    for inp, outp, body, name in spec.ek:
+        params, call, k, m = [], [], 0, 0
+        for s in inp.split(","):
+            t = s.split()
+            if t[0] == "raw":
+                params.append(f"CArray<{_CTYPE[t[1]]}> {t[2]}")
+                call.append(f"CArray<{_CTYPE[t[1]]}>{{({_CTYPE[t[1]]}*)arr[{k}]}}")
+                k += 1
+            elif t[1] in _ARRAY_INPUTS:
+                params.append(f"const {_CTYPE[t[0]]} {t[1]}")
+                call.append(f"(({_CTYPE[t[0]]}*)arr[{k}])[i]")
+                k += 1
+            else:
+                params.append(f"const {_CTYPE[t[0]]} {t[1]}")
+                call.append(f"({_CTYPE[t[0]]})sc[{m}]")
+                m += 1
+        for s in outp.split(","):
+            t, n = s.split()
+            params.append(f"{_CTYPE[t]}& {n}")
+            call.append(f"(({_CTYPE[t]}*)arr[{k}])[i]")
+            k += 1
+        out.append(f"static void {name}({', '.join(params)}, ptrdiff_t i) {{\n{body}\n}}")
+        out.append(f'extern "C" void run_{name}(void** arr, double* sc, long size) '
+                   f'{{ for (ptrdiff_t i = 0; i < size; ++i) {name}({", ".join(call)}, i); }}')
+    out.append('''extern "C" void run_msp_back_slice(int gx, int gy, int bx, float* g, const float* psi, const float* T,
+        const long long* c, int nb, int n0, int n1, int nx, int ny, float sg, float* grad, float* illum) {
+    blockDim.x = bx;
+    for (int y = 0; y < gy; ++y) for (int x = 0; x < gx; ++x) for (int t = 0; t < bx; ++t) {
+        blockIdx.x = x; blockIdx.y = y; threadIdx.x = t;
+        msp_back_slice(g, psi, T, c, nb, n0, n1, nx, ny, sg, grad, illum);
+    }
+}''')
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def emulated_backend(tmp_path_factory):
+    import ctypes
+    import shutil
+    import subprocess
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to run the CUDA sources on the CPU")
+    d = tmp_path_factory.mktemp("cuda_emulated")
+    (d / "k.cpp").write_text(_cpp_source())
+    subprocess.run([cxx, "-std=c++14", "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")],
+                   check=True, capture_output=True, timeout=120)
+    lib = ctypes.CDLL(str(d / "k.so"))
+
+    class EK:
+        def __init__(self, inp, outp, body, name):
+            self.params = [s.split() for s in inp.split(",")] + [["out"] + s.split() for s in outp.split(",")]
+            self.fn, self.name = getattr(lib, "run_" + name), name
+
+        def __call__(self, *args):
+            assert len(args) == len(self.params), self.name
+            ptrs, scs, size = [], [], None
+            for p, a in zip(self.params, args):
+                if p[0] in ("raw", "out") or p[1] in _ARRAY_INPUTS:
+                    t = p[1] if p[0] in ("raw", "out") else p[0]
+                    assert isinstance(a, np.ndarray) and a.dtype == _NP[t] and a.flags.c_contiguous, (self.name, p)
+                    ptrs.append(a.ctypes.data)
+                    if p[0] != "raw":
+                        assert size is None or a.size == size, (self.name, p)
+                        size = a.size
+                else:
+                    assert type(a) is _NP[p[0]], (self.name, p, type(a))     # CuPy casts: be exact
+                    scs.append(float(a))
+            self.fn((ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_double * (len(scs) + 1))(*scs),
+                    ctypes.c_long(size))
+
+    class Raw:
+        def __init__(self, src, name):
+            self.fn = getattr(lib, "run_" + name)
+
+        def __call__(self, grid, block, args):
+            conv = []
+            for a in args:
+                if isinstance(a, np.ndarray):
+                    assert a.flags.c_contiguous and a.dtype in (np.float32, np.int64)
+                    conv.append(ctypes.c_void_p(a.ctypes.data))
+                elif type(a) is np.int32:
+                    conv.append(ctypes.c_int(int(a)))
+                else:
+                    assert type(a) is np.float32, type(a)
+                    conv.append(ctypes.c_float(float(a)))
+            self.fn(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(block[0]), *conv)
+
+    class FakeCupy:
+        ElementwiseKernel = EK
+        RawKernel = Raw
+
+    from msptycho.ptycho.kernels_gpu import _CudaKernels
+
+    def make():
+        be = GPUBackend(xp=np)
+        be.fused, be._k = True, _CudaKernels(FakeCupy)
+        return be
+    return make
+
+
+def test_cuda_sources_emulated_match_cpu(emulated_backend, monkeypatch):
+    """The fused kernels (CUDA sources compiled as C++) against the Numba kernels on random inputs,
+    then five engine iterations against the CPU engine, as for the GPU parity test."""
+    monkeypatch.setattr(sys.modules[__name__], "_backend", lambda kind: emulated_backend())
+    test_elementwise_kernels_match_cpu("emulated")
+    test_back_slice_update_and_copy_match_cpu("emulated")
+    for mode in (0, 1, 2):
+        test_residual_matches_cpu("emulated", mode)
+    for loss in ("amplitude", "poisson"):
+        ref, e = _engine(None, loss), _engine(emulated_backend(), loss)
+        for _ in range(ITERATIONS):
+            ref.run_iteration()
+            e.run_iteration()
+        _compare_engines(e, ref)
