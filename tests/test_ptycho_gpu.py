@@ -158,7 +158,7 @@ def test_back_slice_update_and_copy_match_cpu(kind):
     assert np.array_equal(be.asnumpy(a2[6]), be.asnumpy(a_gpu[6]))
     # object update from that gradient (V, T, grad, illum), then the gradient copy
     V, T = c.V[0].copy(), c.T[0].copy()
-    cv, cg = [V, T, a_cpu[6], a_cpu[7], a_cpu[8], a_cpu[9], 3.0, 0.1, c.sigma], None
+    cv = [V, T, a_cpu[6], a_cpu[7], a_cpu[8], a_cpu[9], 3.0, 0.1, c.sigma]
     gv = [be.asarray(V.copy()), be.asarray(T.copy()), a_gpu[6], a_gpu[7], a_gpu[8], a_gpu[9], 3.0, 0.1, c.sigma]
     kc.update_object(*cv)
     be.update_object(*gv)
