@@ -433,7 +433,11 @@ def _cpp_source():
     out = ["#include <complex>", "#include <cmath>", "#include <math.h>", "#include <cstddef>",
            "using std::complex; using std::conj;", "#define __global__", "#define __device__",
            "struct Dim3 { unsigned x, y, z; }; static Dim3 blockIdx, blockDim, threadIdx;",
-           "template <typename T> struct CArray { T* d; T& operator[](ptrdiff_t i) { return d[i]; } };"]
+           "template <typename T> struct CArray { T* d; T& operator[](ptrdiff_t i) { return d[i]; } };",
+           "#include <cstring>",
+           "template <typename T> static T atomicMin(T* a, T v) { T o = *a; if (v < o) *a = v; return o; }",
+           "template <typename T> static T atomicMax(T* a, T v) { T o = *a; if (v > o) *a = v; return o; }",
+           "static int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof i); return i; }"]
     for src, _ in spec.raw:
         out.append(src)
     for inp, outp, body, name in spec.ek:
@@ -461,11 +465,12 @@ def _cpp_source():
         out.append(f'extern "C" void run_{name}(void** arr, double* sc, long size) '
                    f'{{ for (ptrdiff_t i = 0; i < size; ++i) {name}({", ".join(call)}, i); }}')
     out.append('''extern "C" void run_msp_back_slice(int gx, int gy, int bx, float* g, const float* psi, const float* T,
-        const long long* c, int nb, int n0, int n1, int nx, int ny, float sg, float* grad, float* illum) {
+        const long long* c, int nb, int n0, int n1, int nx, int ny, float sg, float* grad, float* illum,
+        long long* row_lo, long long* row_hi, float* row_max) {
     blockDim.x = bx;
     for (int y = 0; y < gy; ++y) for (int x = 0; x < gx; ++x) for (int t = 0; t < bx; ++t) {
         blockIdx.x = x; blockIdx.y = y; threadIdx.x = t;
-        msp_back_slice(g, psi, T, c, nb, n0, n1, nx, ny, sg, grad, illum);
+        msp_back_slice(g, psi, T, c, nb, n0, n1, nx, ny, sg, grad, illum, row_lo, row_hi, row_max);
     }
 }''')
     return "\n".join(out)

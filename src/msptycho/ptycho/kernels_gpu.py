@@ -20,9 +20,11 @@ launch each:
 * ``back_slice`` (the scatter-add of the potential gradient and the illumination): a
   ``RawKernel`` that *gathers* instead of scattering: one thread per object pixel visits the
   batch's positions in batch order and also writes the back-propagated wave of each window pixel
-  it owns (every window pixel belongs to exactly one object pixel, so the writes never race).
+  it owns (every window pixel belongs to exactly one object pixel, so the writes never race);
+  the rows' touched spans and largest illumination come out of the same launch through integer
+  atomic min/max (exact in any order, so deterministic).
 
-No kernel uses atomics: every sum runs in a fixed order (the per-pixel ones in batch order, as on
+No kernel uses atomic additions: every sum runs in a fixed order (the per-pixel ones in batch order, as on
 the CPU; the per-position and per-row ones as CuPy's tree reductions, fixed for a given device and
 shape), so a GPU run is bit-reproducible on the same device and CuPy version. It is not
 bit-identical to the CPU run: CUDA contracts multiply-adds into FMAs, uses its own ``sincosf``
@@ -77,9 +79,11 @@ _BACK_SLICE_SRC = r"""
 extern "C" __global__
 void msp_back_slice(float* g, const float* psi, const float* T, const long long* c,
                     const int nb, const int n0, const int n1, const int nx, const int ny,
-                    const float sg, float* grad, float* illum)
+                    const float sg, float* grad, float* illum,
+                    long long* row_lo, long long* row_hi, float* row_max)
 {
-    // g, psi: (nb, n0, n1) complex64 as interleaved floats; T, grad, illum: (nx, ny)
+    // g, psi: (nb, n0, n1) complex64 as interleaved floats; T, grad, illum: (nx, ny);
+    // row_lo = ny, row_hi = 0, row_max = 0 on entry
     const int y = blockIdx.x * blockDim.x + threadIdx.x;
     const int x = blockIdx.y;
     if (y >= ny || x >= nx) return;
@@ -101,10 +105,15 @@ void msp_back_slice(float* g, const float* psi, const float* T, const long long*
         gs += sg * (pr * ui - pi * ur);
         il += pr * pr + pi * pi;
         hit = true;
+        // touched span of the row: min/max are exact whatever the order (deterministic)
+        if (j == 0) atomicMin(&row_lo[x], c[2 * b + 1]);
+        if (j == n1 - 1) atomicMax(&row_hi[x], c[2 * b + 1] + n1);
     }
     if (hit) {
         grad[o] = gs;
         illum[o] = il;
+        // il >= 0, so its bits order like the float: an exact, order-free maximum
+        atomicMax(reinterpret_cast<int*>(&row_max[x]), __float_as_int(il));
     }
 }
 """
@@ -192,6 +201,8 @@ class _CudaKernels:
             out = acc;
             """, "msp_probe_gradient")
         self.back_slice = cp.RawKernel(_BACK_SLICE_SRC, "msp_back_slice")
+        self.row_init = EK("int64 ny", "int64 lo, int64 hi, float32 mx", "lo = ny; hi = 0; mx = 0.0f;",
+                           "msp_row_init")
 
 
 class GPUBackend:
@@ -398,8 +409,13 @@ class GPUBackend:
 
     def back_slice(self, g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
         """Back-propagate through one slice's transmission and add the potential gradient and the
-        illumination into ``grad``/``illum`` (see kernels_cpu.back_slice). Deterministic: every
-        object pixel sums its positions in batch order, no atomics."""
+        illumination into ``grad``/``illum`` (see kernels_cpu.back_slice).
+
+        Deterministic: every object pixel sums its positions in batch order (no atomic adds). The
+        fused kernel also writes each row's touched span and largest illumination with integer
+        atomic min/max, which are exact in any order (``illum >= 0``, so its bits order like
+        the float), hence bit-reproducible too.
+        """
         xp = self.xp
         n0, n1 = g.shape[1], g.shape[2]
         nx, ny = grad.shape
@@ -409,11 +425,16 @@ class GPUBackend:
             for arr in (g, psi, trans, grad, illum):
                 if not arr.flags.c_contiguous:
                     raise ValueError("GPUBackend.back_slice needs C-contiguous arrays")
+            for arr in (row_lo, row_hi, row_max):
+                if not arr.flags.c_contiguous:
+                    raise ValueError("GPUBackend.back_slice needs C-contiguous arrays")
+            self._k.row_init(np.int64(ny), row_lo, row_hi, row_max)
             block = 256
             self._k.back_slice(((ny + block - 1) // block, nx), (block,),
                                (g.view(np.float32), psi.view(np.float32), trans.view(np.float32), c,
                                 np.int32(nb), np.int32(n0), np.int32(n1), np.int32(nx), np.int32(ny), sg,
-                                grad, illum))
+                                grad, illum, row_lo, row_hi, row_max))
+            return
         else:
             rows, cols = self._windows(corners, nb, n0, n1)
             u = xp.conj(trans[rows, cols]) * g[:nb]
