@@ -24,15 +24,19 @@ launch each:
   the rows' touched spans and largest illumination come out of the same launch through integer
   atomic min/max (exact in any order, so deterministic).
 
-No kernel uses atomic additions: every sum runs in a fixed order (the per-pixel ones in batch order, as on
-the CPU; the per-position and per-row ones as CuPy's tree reductions, fixed for a given device and
-shape), so a GPU run is bit-reproducible on the same device and CuPy version. It is not
+No kernel uses atomic additions: every sum runs in a fixed order (the per-pixel ones in batch
+order, as on the CPU; the per-position ones as CuPy's tree reductions, fixed for a given device
+and shape), so a GPU run is bit-reproducible on the same device and CuPy version. It is not
 bit-identical to the CPU run: CUDA contracts multiply-adds into FMAs, uses its own ``sincosf``
 and ``logf`` and cuFFT rounds differently from pocketfft; the results agree to single-precision
 tolerance. ``multiply`` (one broadcast CuPy multiply) and the kernels used only by position
 correction and the constraints (``ramps``, ``copy_gradient``, ``position_gradient``,
 ``project_potential``, ``exit_shift_derivative``, ``position_curvature``, ``tv_step``,
 ``clip_negative``) run as CuPy array expressions (several launches, deterministic).
+
+Without a GPU the CUDA sources are checked by ``tests/test_ptycho_gpu.py`` compiled as C++ on the
+CPU (``std::complex``, a loop over the launch grid), through this class's fused path; NVRTC
+compilation, CuPy's launch machinery and cuFFT are only exercised where a GPU is present.
 """
 
 from __future__ import annotations
