@@ -43,3 +43,15 @@ def test_position_errors_ignore_a_common_translation():
     assert out["refined_rms_A"] == pytest.approx(0.0, abs=1e-12)
     assert out["initial_rms_A"] == pytest.approx(0.3 * np.sqrt(2), rel=0.25)
     assert out["refined_rms_raw_A"] == pytest.approx(np.hypot(5, 2))
+
+
+def test_registration_removes_a_global_translation():
+    rng = np.random.default_rng(2)
+    truth = rng.random((2, 60, 60))
+    recon = np.zeros((2, 70, 70))
+    recon[:, 8:68, 3:63] = truth  # nominally at [5:65, 1:61]: displaced by (+3, +2) px
+    origin, shift = validate.registered_origin_A(recon, (-1.0, -0.2), truth, (0.0, 0.0), 0.2)
+    np.testing.assert_allclose(shift, [0.6, 0.4], atol=1e-9)
+    pm = np.ones(truth.shape, bool)
+    out = validate.compare_potential(recon, origin, 0.2, truth, (0.0, 0.0), 0.2, pm, np.zeros_like(pm))
+    assert out["projected_correlation"] == pytest.approx(1.0)

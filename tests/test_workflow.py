@@ -137,6 +137,12 @@ def test_upstream_chain_on_a_tiny_synthetic_sample(tmp_path):
     assert not (tmp_path / "results/tiny/05_reconstruct/.checkpoint.h5").exists()
     for f in ("00_raw/truth.h5", "02_drift/haadf.h5", "03_parallax/parallax.h5", "04_calibrate/calibration.json"):
         assert (tmp_path / "results/tiny" / f).is_file(), f
+    # the report builds offline, with the captions of every registered figure made so far
+    r = snakemake("--directory", str(tmp_path), "--configfile", str(cfg), "--report", "report.html", *targets)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    for name in ("overview.png", "model.png", "drift.png", "parallax.png", "trace.png", "convergence.png", "haadf.png"):
+        assert name in html, name
 
 
 @pytest.mark.workflow

@@ -9,6 +9,7 @@ the same thickness from the same entrance surface (the plane the probe's defocus
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,41 @@ def pearson(a, b, mask=None) -> float:
     b = b - b.mean()
     den = np.sqrt(np.sum(a * a) * np.sum(b * b))
     return float(np.sum(a * b) / den) if den > 0 else float("nan")
+
+
+def registration_shift_px(truth_2d, recon_2d, max_shift_px: int) -> np.ndarray:
+    """Whole-pixel shift ``d`` at which ``recon_2d[i + d]`` best matches ``truth_2d[i]`` (peak of the
+    zero-padded cross-correlation of the mean-free images within ``|d| <= max_shift_px``)."""
+    a = np.asarray(truth_2d, float) - np.mean(truth_2d)
+    b = np.asarray(recon_2d, float) - np.mean(recon_2d)
+    shape = [n + max_shift_px for n in a.shape]
+    cc = np.fft.irfft2(np.conj(np.fft.rfft2(a, shape)) * np.fft.rfft2(b, shape), shape)
+    best, arg = -np.inf, (0, 0)
+    for dx in range(-max_shift_px, max_shift_px + 1):
+        for dy in range(-max_shift_px, max_shift_px + 1):
+            if cc[dx, dy] > best:
+                best, arg = cc[dx, dy], (dx, dy)
+    return np.asarray(arg)
+
+
+def registered_origin_A(recon_VA, recon_origin_A, truth_VA, truth_origin_A, sampling_A: float,
+                        max_shift_A: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The reconstruction's origin corrected for the global translation that ptychography leaves
+    undetermined (object and positions may shift together): the projected potentials are
+    registered on their common region to the nearest pixel.
+
+    Returns
+    -------
+    origin_A : ndarray (2,)
+        Corrected scan-frame position of the reconstruction's pixel [0, 0], Angstrom.
+    shift_A : ndarray (2,)
+        The translation removed, Angstrom (reconstruction minus truth).
+    """
+    ov = overlap(truth_origin_A, np.shape(truth_VA)[1:], recon_origin_A, np.shape(recon_VA)[1:], sampling_A)
+    t = np.asarray(truth_VA, float).sum(0)[ov.a]
+    r = np.asarray(recon_VA, float).sum(0)[ov.b]
+    d = registration_shift_px(t, r, int(np.ceil(max_shift_A / sampling_A)))
+    return np.asarray(recon_origin_A, float) - d * sampling_A, d * sampling_A
 
 
 def compare_potential(recon_VA, recon_origin_A, recon_sampling_A: float, truth_VA, truth_origin_A,
@@ -213,9 +249,12 @@ def validate_reconstruction(truth, recon, strain, core, dislocations, surface, l
     """
     from . import lattice
 
-    metrics = {"potential": compare_potential(recon.potential_VA, recon.origin_A, recon.sampling_A,
+    origin, shift = registered_origin_A(recon.potential_VA, recon.origin_A, truth.potential_VA, truth.origin_A,
+                                        truth.sampling_A)
+    metrics = {"potential": compare_potential(recon.potential_VA, origin, recon.sampling_A,
                                               truth.potential_VA, truth.origin_A, truth.sampling_A,
                                               truth.particle_mask, truth.core_mask)}
+    metrics["potential"]["registration_shift_A"] = shift.tolist()
     if truth.scan_positions_A is not None:
         metrics["positions"] = position_errors(recon.positions_initial_A, recon.positions_A, truth.scan_positions_A)
 
@@ -233,7 +272,7 @@ def validate_reconstruction(truth, recon, strain, core, dislocations, surface, l
         metrics["method_on_truth"] = {"error": str(e)}
 
     # the reconstruction's analyses, cut with the truth to their common region
-    ov = overlap(truth.origin_A, truth.potential_VA.shape[1:], recon.origin_A, recon.potential_VA.shape[1:],
+    ov = overlap(truth.origin_A, truth.potential_VA.shape[1:], origin, recon.potential_VA.shape[1:],
                  truth.sampling_A)
     nz = min(truth.n_slices, recon.potential_VA.shape[0])
     new_origin = (truth.origin_A[0] + ov.a[0].start * truth.sampling_A,
@@ -242,6 +281,10 @@ def validate_reconstruction(truth, recon, strain, core, dislocations, surface, l
     grid = recon.potential_VA.shape[1:]
     cut = {k: crop_grid(r, ov.b, nz, grid, new_origin) for k, r in
            (("strain", strain), ("core", core), ("dislocations", dislocations), ("surface", surface))}
+    pts = dict(cut["dislocations"].points)  # positions in the reconstruction's frame: remove the shift
+    pts["x_A"] = np.asarray(pts["x_A"]) - shift[0]
+    pts["y_A"] = np.asarray(pts["y_A"]) - shift[1]
+    cut["dislocations"] = dataclasses.replace(cut["dislocations"], points=pts)
     metrics["reconstruction"] = lattice.validate_against_truth(
         t, **cut, edge_band_A=edge_band_A, dislocation_radius_A=dislocation_radius_A)
 
