@@ -37,16 +37,15 @@ def slurm(tmp_path_factory):
 
 
 def _tiny_config(tmp_path):
-    rng = np.random.default_rng(1)
-    q = np.hypot(*np.meshgrid(np.arange(16) - 8, np.arange(16) - 8, indexing="ij"))
-    data = rng.poisson(40 * (q <= 4) + 0.5, size=(4, 5, 16, 16)).astype(np.float32)
-    np.save(tmp_path / "cube.npy", data)
+    from test_workflow import TINY
+
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["samples"] = {"tiny": {"source": "file", "format": "npy", "path": str(tmp_path / "cube.npy"),
-                               "calibration": {"energy_eV": 300000.0, "semiangle_mrad": 25.0,
-                                               "scan_step_A": 2.0, "mrad_per_pixel": 1.5}}}
+    cfg["samples"] = {"tiny": {"source": "synthetic", "preset": "cracked", "simulation": TINY}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "config.yaml"
+
+
+TARGETS = ["results/tiny/02_drift/haadf.h5", "results/tiny/03_parallax/parallax.h5"]
 
 
 def _run(workdir, cfg, *extra, timeout=600):
@@ -64,7 +63,7 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
     # Without slurmdbd, sacct fails and the plugin would poll forever: use squeue in CI.
     r = _run(cluster_dir, cfg, "--profile", str(ROOT / "workflow/profiles/slurm"),
              "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-             "--jobs", "2")
+             "--jobs", "2", *TARGETS)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
 
@@ -78,7 +77,7 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
         m = re.search(r"submitted with SLURM jobid (\d+)", line) or re.search(r"SLURM run ID .* jobid (\d+)", line)
         if m and rule:
             submitted[int(m.group(1))] = rule
-    assert set(submitted.values()) == {"ingest", "provenance"}, out[-3000:]
+    assert set(submitted.values()) == {"simulate", "ingest", "drift_correct", "parallax"}, out[-3000:]
 
     # ... against Slurm's: every job completed, with the memory the profile asked for
     comp = (slurm / "jobcomp.txt").read_text().splitlines()
@@ -92,9 +91,11 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
             assert f"mem={mem}M" in rec, (rule, rec)
 
     # the same results as a local run
-    r = _run(local_dir, cfg, "--cores", "1")
+    r = _run(local_dir, cfg, "--cores", "2", *TARGETS)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    rel = "results/tiny/01_ingest/datacube.h5"
-    with h5py.File(cluster_dir / rel) as a, h5py.File(local_dir / rel) as b:
-        np.testing.assert_array_equal(a["datacube"][...], b["datacube"][...])
-        assert dict(a["datacube"].attrs) .keys() == dict(b["datacube"].attrs).keys()
+    for rel, name in (("results/tiny/01_ingest/datacube.h5", "datacube"), ("results/tiny/02_drift/haadf.h5", "image"),
+                      ("results/tiny/00_raw/truth.h5", "potential_VA")):
+        with h5py.File(cluster_dir / rel) as a, h5py.File(local_dir / rel) as b:
+            np.testing.assert_array_equal(a[name][...], b[name][...])
+    with h5py.File(cluster_dir / TARGETS[1]) as a, h5py.File(local_dir / TARGETS[1]) as b:
+        assert a.attrs["defocus_A"] == pytest.approx(b.attrs["defocus_A"], rel=1e-6)

@@ -57,13 +57,14 @@ def _npy_sample(tmp_path, data):
 
 
 @pytest.mark.workflow
-def test_ingest_and_provenance_run_through_snakemake(tmp_path):
+def test_ingest_runs_through_snakemake(tmp_path):
     rng = np.random.default_rng(0)
     q = np.hypot(*np.meshgrid(np.arange(24) - 12, np.arange(24) - 12, indexing="ij"))
     disk = (q <= 6).astype(np.float32)
     data = rng.poisson(50 * disk + 0.5, size=(5, 6, 24, 24)).astype(np.float32)
     cfg = write_config(tmp_path, {"tiny": _npy_sample(tmp_path, data)})
-    r = snakemake("--cores", "1", "--directory", str(tmp_path), "--configfile", str(cfg))
+    r = snakemake("--cores", "1", "--directory", str(tmp_path), "--configfile", str(cfg),
+                  "results/tiny/01_ingest/datacube.h5")
     assert r.returncode == 0, r.stdout + r.stderr
     cube = tmp_path / "results/tiny/01_ingest/datacube.h5"
     with h5py.File(cube, "r") as f:
@@ -72,11 +73,23 @@ def test_ingest_and_provenance_run_through_snakemake(tmp_path):
         assert f.attrs["provenance_rule"] == "ingest"
         assert str(tmp_path / "cube.npy") in json.loads(f.attrs["provenance_inputs_sha256"])
     assert (tmp_path / "results/tiny/01_ingest/overview.png").stat().st_size > 10_000
-    manifest = json.loads((tmp_path / "results/provenance.json").read_text())
-    made = {e["path"]: e["rule"] for e in manifest["outputs"]}
-    assert made == {"results/tiny/01_ingest/datacube.h5": "ingest",
-                    "results/tiny/01_ingest/overview.png": "ingest"}
     assert "ingest" in (tmp_path / "logs/tiny/ingest.log").read_text()
+
+
+def test_provenance_manifest_lists_outputs_with_their_rules(tmp_path):
+    from msptycho.io import Provenance, atomic_h5
+    from msptycho.io.provenance import sha256_file, write_manifest
+
+    with atomic_h5(tmp_path / "a.h5", Provenance.collect("ingest", {"x": 1}, seed=3)):
+        pass
+    (tmp_path / "b.png").write_bytes(b"png")
+    m = write_manifest(tmp_path / "provenance.json", {str(tmp_path / "a.h5"): "ingest",
+                                                      str(tmp_path / "b.png"): "figures"})
+    rows = {e["path"]: e for e in json.loads((tmp_path / "provenance.json").read_text())["outputs"]}
+    assert rows[str(tmp_path / "b.png")]["sha256"] == sha256_file(tmp_path / "b.png")
+    assert rows[str(tmp_path / "a.h5")]["provenance"]["params"] == {"x": 1}
+    assert rows[str(tmp_path / "a.h5")]["provenance"]["seed"] == 3
+    assert m["outputs"][0]["rule"] == "ingest"
 
 
 @pytest.mark.workflow
