@@ -46,6 +46,8 @@ def _tiny_config(tmp_path):
 
 
 TARGETS = ["results/tiny/02_drift/haadf.h5", "results/tiny/03_parallax/parallax.h5"]
+# what this test asks of Slurm per rule (the profile's paper-scale sizes do not fit a 2-core CI node)
+ASK = {"simulate": (1500, 2), "ingest": (1200, 1), "drift_correct": (1100, 1), "parallax": (1300, 1)}
 
 
 def _run(workdir, cfg, *extra, timeout=600):
@@ -63,7 +65,11 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
     # Without slurmdbd, sacct fails and the plugin would poll forever: use squeue in CI.
     r = _run(cluster_dir, cfg, "--profile", str(ROOT / "workflow/profiles/slurm"),
              "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-             "--jobs", "2", *TARGETS)
+             "--jobs", "2",
+             "--set-resources", *[f"{r}:{k}={v}" for r, (mb, c) in ASK.items()
+                                  for k, v in (("mem_mb", mb), ("cpus_per_task", c))],
+             "--set-threads", *[f"{r}={c}" for r, (mb, c) in ASK.items()],
+             "--", *TARGETS)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
 
@@ -79,16 +85,14 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
             submitted[int(m.group(1))] = rule
     assert set(submitted.values()) == {"simulate", "ingest", "drift_correct", "parallax"}, out[-3000:]
 
-    # ... against Slurm's: every job completed, with the memory the profile asked for
+    # ... against Slurm's: every job completed, with the memory and cores it asked for
     comp = (slurm / "jobcomp.txt").read_text().splitlines()
     records = {int(re.search(r"JobId=(\d+)", l).group(1)): l for l in comp}
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     for jobid, rule in submitted.items():
         rec = records[jobid]
         assert "JobState=COMPLETED" in rec, rec
-        mem = profile["set-resources"].get(rule, {}).get("mem_mb")
-        if mem is not None:
-            assert f"mem={mem}M" in rec, (rule, rec)
+        mb, cpus = ASK[rule]
+        assert f"mem={mb}M" in rec and f"cpu={cpus}," in rec, (rule, rec)
 
     # the same results as a local run
     r = _run(local_dir, cfg, "--cores", "2", *TARGETS)
