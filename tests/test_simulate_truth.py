@@ -171,7 +171,7 @@ def test_readers_reject_bad_files(tiny, tmp_path):
     _, (dc, sp, vp, tr) = tiny
     with pytest.raises(InputError, match="layout"):
         read_truth(sp)
-    with pytest.raises(InputError, match="cannot be opened"):
+    with pytest.raises(InputError, match="file not found"):
         read_scan_pair(tmp_path / "missing.h5")
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:

@@ -74,15 +74,8 @@ def test_profile_runs_every_rule_as_a_slurm_job(slurm, tmp_path):
     assert r.returncode == 0, out[-5000:]
 
     # snakemake's own record of which rule went to which Slurm job ...
-    submitted = {}
-    rule = None
-    for line in out.splitlines():
-        m = re.match(r"\s*(?:local)?rule (\w+):", line)
-        if m:
-            rule = m.group(1)
-        m = re.search(r"submitted with SLURM jobid (\d+)", line) or re.search(r"SLURM run ID .* jobid (\d+)", line)
-        if m and rule:
-            submitted[int(m.group(1))] = rule
+    submitted = {int(m.group(1)): m.group(2) for m in
+                 re.finditer(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", out)}
     assert set(submitted.values()) == {"simulate", "ingest", "drift_correct", "parallax"}, out[-3000:]
 
     # ... against Slurm's: every job completed, with the memory and cores it asked for

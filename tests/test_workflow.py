@@ -64,7 +64,7 @@ def test_ingest_runs_through_snakemake(tmp_path):
     data = rng.poisson(50 * disk + 0.5, size=(5, 6, 24, 24)).astype(np.float32)
     cfg = write_config(tmp_path, {"tiny": _npy_sample(tmp_path, data)})
     r = snakemake("--cores", "1", "--directory", str(tmp_path), "--configfile", str(cfg),
-                  "results/tiny/01_ingest/datacube.h5")
+                  "--", "results/tiny/01_ingest/datacube.h5")
     assert r.returncode == 0, r.stdout + r.stderr
     cube = tmp_path / "results/tiny/01_ingest/datacube.h5"
     with h5py.File(cube, "r") as f:
@@ -139,7 +139,7 @@ def test_upstream_chain_on_a_tiny_synthetic_sample(tmp_path):
                        calibrate={"num_evaluations": 3, "num_initial_points": 1, "iterations_per_evaluation": 2,
                                   "central_positions": 6, "num_posterior_points": 1})
     targets = ["results/tiny/05_reconstruct/reconstruction.h5", "results/tiny/figures/haadf.png"]
-    r = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(cfg), *targets)
+    r = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(cfg), "--", *targets)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     from msptycho.io.reconstruction import read_reconstruction
     rec = read_reconstruction(tmp_path / targets[0])
@@ -151,7 +151,7 @@ def test_upstream_chain_on_a_tiny_synthetic_sample(tmp_path):
     for f in ("00_raw/truth.h5", "02_drift/haadf.h5", "03_parallax/parallax.h5", "04_calibrate/calibration.json"):
         assert (tmp_path / "results/tiny" / f).is_file(), f
     # the report builds offline, with the captions of every registered figure made so far
-    r = snakemake("--directory", str(tmp_path), "--configfile", str(cfg), "--report", "report.html", *targets)
+    r = snakemake("--directory", str(tmp_path), "--configfile", str(cfg), "--report", "report.html", "--", *targets)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     for name in ("overview.png", "model.png", "drift.png", "parallax.png", "trace.png", "convergence.png", "haadf.png"):

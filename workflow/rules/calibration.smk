@@ -72,7 +72,7 @@ rule calibrate:
         calibrate=section("calibrate"),
         reconstruct=section("reconstruct"),
         seed=config["seed"],
-    threads: workflow.cores
+    threads: ALL_CORES
     log:
         "logs/{sample}/calibrate.log",
     resources:

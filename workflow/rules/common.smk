@@ -35,6 +35,10 @@ def vacuum_probe_file(wildcards):
 
 DRIFT_SAMPLES = [s for s in SAMPLES if scan_pair_file(s)]
 
+# Threads of the rules that use every core they get: a local run caps them at --cores, a cluster
+# profile sets them per rule (set-threads), so none needs the total number of cores up front.
+ALL_CORES = 64
+
 
 def truth_file(wildcards):
     """The simulator's truth of a synthetic sample ([] for real data): printed beside estimates."""

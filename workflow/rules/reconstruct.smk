@@ -53,7 +53,7 @@ else:
             reconstruct=section("reconstruct"),
             seed=config["seed"],
             backend="cpu",
-        threads: workflow.cores
+        threads: ALL_CORES
         log:
             "logs/{sample}/reconstruct.log",
         resources:

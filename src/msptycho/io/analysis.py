@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from .datacube import InputError
-from .provenance import Provenance, atomic_path, atomic_h5
+from .provenance import Provenance, atomic_h5, atomic_path, open_layout
 
 STRAIN_LAYOUT = "msptycho.strain/1"
 CORE_LAYOUT = "msptycho.core/1"
@@ -51,20 +51,7 @@ def _grid_attrs(f, sampling_A, origin_A):
 
 
 def _open(path, layout):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; expected an HDF5 file with layout {layout}.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise InputError(f"{path}: not a readable HDF5 file ({e}); expected layout {layout}.") from None
-    got = f.attrs.get("layout")
-    if isinstance(got, bytes):
-        got = got.decode()
-    if got != layout:
-        f.close()
-        raise InputError(f"{path}: root attribute 'layout' is {got!r}; expected {layout!r}.")
-    return f
+    return open_layout(path, layout, f"HDF5 file with layout {layout}")
 
 
 def _need(f, path, name):

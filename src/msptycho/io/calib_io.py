@@ -16,25 +16,13 @@ import h5py
 import numpy as np
 
 from .datacube import InputError
-from .provenance import Provenance, atomic_h5
+from .provenance import Provenance, atomic_h5, open_layout
 
 HAADF_LAYOUT = "msptycho.haadf/1"
 PARALLAX_LAYOUT = "msptycho.parallax/1"
 
 
-def _open(path, layout: str, what: str):
-    path = os.fspath(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, FileNotFoundError) as e:
-        raise InputError(f"{path}: cannot be opened as HDF5 ({e}); expected a {what} file.") from None
-    got = f.attrs.get("layout")
-    if isinstance(got, bytes):
-        got = got.decode()
-    if got != layout:
-        f.close()
-        raise InputError(f"{path}: root attribute 'layout' is {got!r}; expected {layout!r} ({what}).")
-    return f
+_open = open_layout  # the shared layout check
 
 
 def _dataset(f, name: str, ndim: int, shape_tail: tuple = ()):

@@ -210,3 +210,27 @@ def write_manifest(path: str | os.PathLike, rules_by_output: dict[str, str],
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
     return m
+
+
+def open_layout(path: str | os.PathLike, layout: str, what: str) -> h5py.File:
+    """Open an HDF5 file of this project for reading and check its root ``layout`` attribute.
+
+    Raises :class:`~msptycho.io.InputError` (one sentence naming the file and what was expected)
+    if the file cannot be opened or carries another layout.
+    """
+    from .datacube import InputError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found; expected a {what} file.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: cannot be opened as HDF5 ({e}); expected a {what} file.") from None
+    got = f.attrs.get("layout")
+    if isinstance(got, bytes):
+        got = got.decode()
+    if got != layout:
+        f.close()
+        raise InputError(f"{path}: root attribute 'layout' is {got!r}; expected {layout!r} ({what}).")
+    return f

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from .datacube import Calibration, InputError, write_datacube
-from .provenance import Provenance, atomic_h5
+from .provenance import Provenance, atomic_h5, open_layout
 
 SCAN_PAIR_LAYOUT = "msptycho.scan_pair/1"
 VACUUM_PROBE_LAYOUT = "msptycho.vacuum_probe/1"
@@ -28,19 +28,7 @@ STRAIN_DEFINITION = ("G = d u / d X: in-plane displacement gradient relative to 
                      "(counter-clockwise from +x towards +y); local lattice vectors = (I + G) reference vectors")
 
 
-def _open(path, layout: str, what: str):
-    path = os.fspath(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, FileNotFoundError) as e:
-        raise InputError(f"{path}: cannot be opened as HDF5 ({e}); expected a {what} file.") from None
-    got = f.attrs.get("layout")
-    if isinstance(got, bytes):
-        got = got.decode()
-    if got != layout:
-        f.close()
-        raise InputError(f"{path}: root attribute 'layout' is {got!r}; expected {layout!r} ({what}).")
-    return f
+_open = open_layout  # the shared layout check
 
 
 def _need(f, name: str, ndim: int | None = None):
