@@ -129,27 +129,35 @@ class MultisliceEngine:
         """Recompute the transmission ``exp(i sigma V)`` after ``V`` was changed from outside."""
         self.be.refresh_transmission(self.V, self.sigma, self.T)
 
-    # -- forward model only ---------------------------------------------------------------------
-    def model_patterns(self, idx: np.ndarray) -> np.ndarray:
-        """Model patterns ``|FFT_ortho(exit)|^2`` (numpy FFT order, float32) of positions ``idx``
-        (at most ``batch_size``) with the current state; allocates its output."""
-        be, K = self.be, self.be
+    # -- forward model ----------------------------------------------------------------------------
+    def _forward(self, idx: np.ndarray):
+        """Multislice forward pass of positions ``idx`` with the current state: fills the wave
+        stack ``psi[:, :nb]`` (entrance wave of every slice) and returns the exit waves in Fourier
+        space, ``g[:nb]`` (unnormalised FFT), and the window corners on the backend."""
+        be = self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         corners = be.asarray(self.corners[:nb])
-        K.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
-        K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.psi[0, :nb])
-        be.ifft2(self.psi[0, :nb])
+        be.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
+        psi0 = self.psi[0, :nb]
+        be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
+        be.ifft2(psi0)
         g = self.g[:nb]
         for s in range(nz):
             out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            K.transmit(self.psi[s, :nb], self.T[s], corners, out)
+            be.transmit(self.psi[s, :nb], self.T[s], corners, out)
             if s < nz - 1:
                 be.fft2(out)
-                K.multiply(out, self.h)
+                be.multiply(out, self.h)
                 be.ifft2(out)
         be.fft2(g)
-        return (np.abs(be.asnumpy(g)) ** 2 / self.gain**2).astype(np.float32)
+        return g, corners
+
+    def model_patterns(self, idx: np.ndarray) -> np.ndarray:
+        """Model patterns ``|FFT_ortho(exit)|^2`` (numpy FFT order, float32) of positions ``idx``
+        (at most ``batch_size``) with the current state; allocates its output."""
+        g, _ = self._forward(idx)
+        return (np.abs(self.be.asnumpy(g)) ** 2 / self.gain**2).astype(np.float32)
 
     # -- one mini-batch -------------------------------------------------------------------------
     def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
@@ -167,21 +175,7 @@ class MultisliceEngine:
         be, K = self.be, self.be
         nb = len(idx)
         nz = self.nz
-        fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
-        corners = be.asarray(self.corners[:nb])
-        K.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
-        psi0 = self.psi[0, :nb]
-        K.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
-        be.ifft2(psi0)
-        g = self.g[:nb]
-        for s in range(nz):
-            out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            K.transmit(self.psi[s, :nb], self.T[s], corners, out)
-            if s < nz - 1:
-                be.fft2(out)
-                K.multiply(out, self.h)
-                be.ifft2(out)
-        be.fft2(g)
+        g, corners = self._forward(idx)
         if update_positions:
             self.wave_k[:nb] = g
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
