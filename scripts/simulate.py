@@ -5,7 +5,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # the library, also in envs
 import dataclasses
 
 from msptycho.figures.simulation import simulation_overview
-from msptycho.io import Provenance, atomic_path
+from msptycho.io import Provenance
 from msptycho.io.simio import write_simulation
 from msptycho.logs import setup_logging
 from msptycho.simulate import preset, simulate_sample
@@ -24,9 +24,7 @@ log.info("simulating %s (preset %s, seed %d)", params.name, snakemake.params.pre
 result = simulate_sample(params, recon_slice_thickness_A=snakemake.params.recon_slice_thickness_A, logger=log)
 out = snakemake.output
 write_simulation(result, out.datacube, out.scan_pair, out.vacuum_probe, out.truth, prov)
-with atomic_path(out.figure) as tmp:
-    simulation_overview(result.truth, result.scan_pair.images, result.datacube.mean(axis=(0, 1)),
-                        result.vacuum_probe, result.model, name=params.name,
-                        mrad_per_pixel=result.calibration.mrad_per_pixel,
-                        haadf_pixel_A=result.scan_pair.pixel_size_A, path=tmp)
+simulation_overview(result.truth, result.scan_pair.images, result.datacube.mean(axis=(0, 1)), result.vacuum_probe,
+                    result.model, name=params.name, mrad_per_pixel=result.calibration.mrad_per_pixel,
+                    haadf_pixel_A=result.scan_pair.pixel_size_A, path=out.figure)
 log.info("timings (s): %s", {k: round(v, 2) for k, v in result.timings_s.items()})

@@ -9,8 +9,7 @@ import numpy as np
 
 from .. import physics
 from ..drift import nominal_images
-from ..io.provenance import atomic_path
-from .style import PAGE_WIDTH_IN, add_scale_bar, plt, use_style
+from .style import PAGE_WIDTH_IN, add_scale_bar, plt, save_figure, use_style
 
 
 def _log_fft(image):
@@ -107,11 +106,10 @@ def plot_drift(result, image_0deg, image_90deg, out_path: str | os.PathLike, tit
         ax.legend(loc="best", frameon=False, ncol=2, fontsize=6)
         if title:
             fig.suptitle(title)
-        with atomic_path(out_path) as tmp:
-            fig.savefig(tmp)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out_path
+        raise
+    return save_figure(fig, out_path)
 
 
 def plot_parallax(result, out_path: str | os.PathLike, title: str | None = None,
@@ -197,8 +195,7 @@ def plot_parallax(result, out_path: str | os.PathLike, title: str | None = None,
         _show(axes[3], result.image, result.image_sampling_A, "tilt-corrected BF")
         if title:
             fig.suptitle(title)
-        with atomic_path(out_path) as tmp:
-            fig.savefig(tmp)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out_path
+        raise
+    return save_figure(fig, out_path)

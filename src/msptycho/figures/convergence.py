@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import PAGE_WIDTH_IN, add_scale_bar, plt, use_style
+from .style import PAGE_WIDTH_IN, add_scale_bar, plt, save_figure, use_style
 
 
 def plot_convergence(result, path) -> None:
@@ -85,8 +85,7 @@ def plot_convergence(result, path) -> None:
              fontsize=6, color="white")
 
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _spacing(p: np.ndarray) -> float:

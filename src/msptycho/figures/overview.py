@@ -10,8 +10,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Circle
 from matplotlib.ticker import NullFormatter
 
-from ..io.provenance import atomic_path
-from .style import PAGE_WIDTH_IN, add_scale_bar, plt, use_style
+from .style import PAGE_WIDTH_IN, add_scale_bar, plt, save_figure, use_style
 
 
 def plot_ingest_overview(overview, calibration, out_path: str | os.PathLike,
@@ -79,11 +78,10 @@ def plot_ingest_overview(overview, calibration, out_path: str | os.PathLike,
             add_scale_bar(ax, calibration.scan_step_A, color="yellow")
         if title:
             fig.suptitle(title)
-        with atomic_path(out_path) as tmp:
-            fig.savefig(tmp, format=out_path.suffix.lstrip(".") or "png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out_path
+        raise
+    return save_figure(fig, out_path)
 
 
 __all__ = ["plot_ingest_overview"]

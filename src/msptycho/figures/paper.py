@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.patches import Circle, FancyArrowPatch
 
-from ..io.provenance import atomic_path
+from . import style
 from .style import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, add_scale_bar, plt, use_style
 
 # ------------------------------------------------------------------------------------------------
@@ -271,14 +271,8 @@ def image_axes(ax) -> None:
 
 
 def save_figure(fig, out_path, dpi: int) -> Path:
-    """Write ``fig`` atomically (format from the suffix) at ``dpi`` without tight cropping, and close it."""
-    out_path = Path(out_path)
-    try:
-        with atomic_path(out_path) as tmp, plt.rc_context({"savefig.bbox": "standard"}):
-            fig.savefig(tmp, format=out_path.suffix.lstrip(".") or "png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    return out_path
+    """Write ``fig`` atomically at ``dpi`` without tight cropping (exact page/column width), and close it."""
+    return style.save_figure(fig, out_path, dpi=dpi, tight=False)
 
 
 def _letters():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import PAGE_WIDTH_IN, add_scale_bar, plt, use_style
+from .style import PAGE_WIDTH_IN, add_scale_bar, plt, save_figure, use_style
 
 
 def _extent(truth, n_x, n_y):
@@ -127,7 +127,6 @@ def simulation_overview(truth, scan_pair_images=None, mean_pattern=None, vacuum_
     if name:
         fig.suptitle(name)
     if path is not None:
-        fig.savefig(path)
-        plt.close(fig)
+        save_figure(fig, path)
         return None
     return fig

@@ -28,6 +28,30 @@ STYLE = {
 }
 
 
+def save_figure(fig, out_path, dpi: int | None = None, tight: bool = True):
+    """Write ``fig`` atomically (format from the suffix; nothing appears at ``out_path`` on error)
+    and close it.
+
+    Parameters
+    ----------
+    dpi : int, optional
+        Resolution (default: the style's ``savefig.dpi``).
+    tight : bool
+        Crop to the drawn content (the style's default); False keeps the figure size exact.
+    """
+    from pathlib import Path
+
+    from ..io.provenance import atomic_path
+
+    out_path = Path(out_path)
+    try:
+        with atomic_path(out_path) as tmp, plt.rc_context({} if tight else {"savefig.bbox": "standard"}):
+            fig.savefig(tmp, format=out_path.suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out_path
+
+
 def use_style() -> None:
     """Apply the project style to matplotlib's global settings."""
     plt.rcParams.update(STYLE)

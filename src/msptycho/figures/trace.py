@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.provenance import atomic_path
-from .style import PAGE_WIDTH_IN, plt, use_style
+from .style import PAGE_WIDTH_IN, plt, save_figure, use_style
 
 #: axis labels of the calibration parameters
 LABELS = {
@@ -109,11 +108,10 @@ def plot_calibration_trace(result, out_path: str | os.PathLike, title: str | Non
         fig.colorbar(sc, ax=fig.axes[1:], shrink=0.85, label="evaluation")
         if title:
             fig.suptitle(title)
-        with atomic_path(out_path) as tmp:
-            fig.savefig(tmp, format=out_path.suffix.lstrip(".") or "png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    return out_path
+        raise
+    return save_figure(fig, out_path)
 
 
 __all__ = ["plot_calibration_trace"]
