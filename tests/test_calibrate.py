@@ -232,7 +232,7 @@ def test_bad_input_is_one_clear_sentence(data, tmp_path):
         run(calibration={"energy_eV": E})
     with pytest.raises(InputError, match="recon_params"):
         run(recon_params={"num_slices": 1})
-    with pytest.raises(InputError, match="unknown field"):
+    with pytest.raises(InputError, match="unknown key"):
         CalibrationSettings.from_mapping({"num_evals": 3})
     assert CalibrationSettings.from_mapping({"step_scale_range": [0.8, 1.5]}).step_scale_range == (0.8, 1.5)
     # calibration.json readers

@@ -89,7 +89,7 @@ def test_settings_fields_and_validation():
         assert k in d
     s2 = FigureSettings.from_mapping({"movie_fps": 2, "render_view_1_deg": [10, 20]})
     assert s2.render_view_1_deg == (10.0, 20.0) and s2.movie_fps == 2
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match="unknown key"):
         FigureSettings.from_mapping({"strain_limit": 3})
     with pytest.raises(ValueError, match="dpi"):
         FigureSettings(dpi=0).validate()

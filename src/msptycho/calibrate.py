@@ -43,7 +43,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ import numpy as np
 from . import physics
 from .io.datacube import Calibration, InputError
 from .io.provenance import Provenance, atomic_path, utc_now
+from .settings import settings_from_mapping
 
 LOG = logging.getLogger("msptycho.calibrate")
 #: the engine's own per-iteration lines during the evaluations go here (WARNING and above only)
@@ -197,14 +198,7 @@ class CalibrationSettings:
     @classmethod
     def from_mapping(cls, mapping: dict, source: str = "calibration settings") -> "CalibrationSettings":
         """Build from a mapping (e.g. the config's ``calibrate`` section); unknown keys are errors."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(mapping) - names
-        if unknown:
-            raise InputError(f"{source}: unknown field(s) {sorted(unknown)}; expected some of {sorted(names)}.")
-        kw = dict(mapping)
-        if "step_scale_range" in kw and isinstance(kw["step_scale_range"], list):
-            kw["step_scale_range"] = tuple(kw["step_scale_range"])
-        return cls(**kw).validate(source)
+        return settings_from_mapping(cls, mapping, source).validate(source)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import Circle, FancyArrowPatch
 
 from . import style
+from ..settings import settings_from_mapping
 from .style import COLUMN_WIDTH_IN, PAGE_WIDTH_IN, add_scale_bar, plt, use_style
 
 # ------------------------------------------------------------------------------------------------
@@ -134,15 +135,7 @@ class FigureSettings:
     @classmethod
     def from_mapping(cls, mapping: dict | None, source: str = "figure settings") -> "FigureSettings":
         """Build from a mapping (e.g. the config's ``figures`` section); unknown keys are errors."""
-        mapping = dict(mapping or {})
-        names = set(cls.__dataclass_fields__)
-        unknown = set(mapping) - names
-        if unknown:
-            raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}; expected some of {sorted(names)}.")
-        for k in ("potential_percentiles", "render_view_1_deg", "render_view_2_deg"):
-            if k in mapping:
-                mapping[k] = tuple(float(x) for x in mapping[k])
-        return cls(**mapping).validate(source)
+        return settings_from_mapping(cls, mapping, source).validate(source)
 
 
 # ------------------------------------------------------------------------------------------------

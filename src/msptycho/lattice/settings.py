@@ -7,7 +7,6 @@ so every rule needs only the reconstruction (volume ``[z, x, y]``, V*A) and its 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +18,7 @@ from .gpa import StrainResult, index_g, strain_from_volume
 from .order import CoreResult, core_from_volume
 from .peaks import A_CAF2_A, FluoriteLattice, check_peaks_present, find_fluorite_lattice
 from .surface import SurfaceResult, surface_from_volume
+from ..settings import settings_from_mapping  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -182,20 +182,6 @@ class SurfaceSettings:
     a_range_A: tuple[float, float] = (5.3, 5.9)
     min_snr: float = 50.0
 
-
-def settings_from_mapping(cls, mapping: dict | None, source: str = "config"):
-    """Build a settings dataclass from a config mapping (lists become tuples); an unknown key is
-    an :class:`InputError` naming ``source``."""
-    mapping = dict(mapping or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(mapping) - names
-    if unknown:
-        raise InputError(f"{source}: unknown key(s) {sorted(unknown)} for {cls.__name__}; expected some of {sorted(names)}.")
-
-    def tup(v):
-        return tuple(tup(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-    return cls(**{k: tup(v) for k, v in mapping.items()})
 
 
 def _pair(volume, sampling_A, lat: FluoriteLattice, peak_family, g_vectors_inv_A):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..io.datacube import InputError
+from ..settings import settings_from_mapping
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,7 @@ class ReconstructionParameters:
     @classmethod
     def from_mapping(cls, mapping: dict, source: str = "reconstruction parameters") -> "ReconstructionParameters":
         """Build from a mapping (e.g. the config's ``reconstruct`` section); unknown keys are errors."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(mapping) - names
-        if unknown:
-            raise InputError(f"{source}: unknown field(s) {sorted(unknown)}; expected some of {sorted(names)}.")
-        return cls(**mapping).validate(source)
+        return settings_from_mapping(cls, mapping, source).validate(source)
 
 
 @dataclass
