@@ -3,9 +3,7 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # the library, also in envs without msptycho installed
 import dataclasses
-import math
 
-from msptycho import physics
 from msptycho.calibrate import CalibrationSettings, calibrate, write_calibration_json
 from msptycho.figures.trace import plot_calibration_trace
 from msptycho.io import InputError, Provenance, read_datacube
@@ -17,14 +15,13 @@ from msptycho.ptycho import ReconstructionParameters
 log = setup_logging(snakemake.log[0])
 inp, par = snakemake.input, snakemake.params
 try:
-    settings = CalibrationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(par.calibrate).items()},
-                                   seed=par.seed)
-    recon = ReconstructionParameters(**{k: v for k, v in dict(par.reconstruct).items() if k != "engine"},
-                                     seed=par.seed, fft_workers=snakemake.threads)
+    settings = CalibrationSettings.from_mapping({**par.calibrate, "seed": par.seed}, "config 'calibrate'")
+    recon = ReconstructionParameters.from_mapping(
+        {**{k: v for k, v in par.reconstruct.items() if k != "engine"}, "seed": par.seed,
+         "fft_workers": snakemake.threads}, "config 'reconstruct'")
     cube, cal = read_datacube(inp.datacube)
     px = read_parallax(inp.parallax)
-    fitted = {k: getattr(px, k) for k in ("defocus_A", "C12_A", "phi12_rad", "C21_A", "phi21_rad")}
-    start = physics.Aberrations(**{k: v for k, v in fitted.items() if math.isfinite(v)})  # NaN: not fitted
+    start = px.aberrations
     vacuum = read_vacuum_probe(inp.vacuum_probe)[0] if inp.get("vacuum_probe") else None
     log.info("start (parallax): %s, scan rotation %.2f deg", start.as_dict(), px.scan_rotation_deg)
     result = calibrate(cube, cal, start, px.scan_rotation_deg, recon, settings, logger=log,

@@ -20,8 +20,12 @@ settings = {k: v for k, v in dict(snakemake.params.reconstruct).items() if k != 
 try:
     cube, cal = read_datacube(inp.datacube)
     calib = read_calibration_json(inp.calibration)
-    params = ReconstructionParameters(**settings, seed=snakemake.params.seed, fft_workers=snakemake.threads)
-    params = dataclasses.replace(params, step_size=params.step_size * calib.step_size).validate()
+    params = ReconstructionParameters.from_mapping(
+        {**settings, "seed": snakemake.params.seed, "fft_workers": snakemake.threads}, "config 'reconstruct'")
+    # the calibrated step scale, applied as in its evaluations (object and probe steps)
+    scale = float(calib.best.get("step_scale", 1.0))
+    params = dataclasses.replace(params, step_size=params.step_size * scale,
+                                 probe_step_size=params.probe_step_size * scale).validate()
     cal = dataclasses.replace(cal, scan_rotation_deg=calib.scan_rotation_deg)
     vacuum = read_vacuum_probe(inp.vacuum_probe)[0] if inp.get("vacuum_probe") else None
     backend = None
