@@ -45,20 +45,6 @@ def ramps(frac, kx, ky, rampx, rampy):
 
 
 @njit(parallel=True, cache=True)
-def incident(probe_k, rampx, rampy, scale, out):
-    """``out[b] = scale * probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space
-    shifted probes; ``scale`` undoes the gain of the backend's unnormalised inverse FFT)."""
-    nb = out.shape[0]
-    n0, n1 = probe_k.shape
-    sc = np.float32(scale)
-    for b in prange(nb):
-        for i in range(n0):
-            rx = rampx[b, i] * sc
-            for j in range(n1):
-                out[b, i, j] = probe_k[i, j] * rx * rampy[b, j]
-
-
-@njit(parallel=True, cache=True)
 def refresh_transmission(potential, sigma, trans):
     """``trans = exp(i sigma V)`` for the whole object (complex64; float32 phase)."""
     nz, nx, ny = potential.shape
@@ -71,33 +57,138 @@ def refresh_transmission(potential, sigma, trans):
             trans[s, x, y] = np.complex64(complex(math.cos(ph), math.sin(ph)))
 
 
-@njit(parallel=True, cache=True)
+# -- the per-position kernels -----------------------------------------------------------------
+# They work on float32 views of the complex64 arrays (real and imaginary parts interleaved along
+# the last axis), which LLVM vectorises where Numba's complex type is not; the public functions
+# below take and return the complex64 arrays. FAST allows reassociation inside a kernel (SIMD
+# sums), which changes the rounding but not the run-to-run determinism: the order is fixed by the
+# compiled code. NaN and infinity keep their IEEE meaning (no "nnan"/"ninf").
+FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def _f(a: np.ndarray) -> np.ndarray:
+    """float32 view (re, im interleaved) of a complex64 array; no copy."""
+    return a.view(np.float32)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _incident(probe_k, rampx, rampy, scale, out):
+    nb = out.shape[0]
+    n0 = probe_k.shape[0]
+    n1 = probe_k.shape[1] // 2
+    sc = np.float32(scale)
+    for b in prange(nb):
+        ry = rampy[b]
+        for i in range(n0):
+            ar = rampx[b, 2 * i] * sc
+            ai = rampx[b, 2 * i + 1] * sc
+            p = probe_k[i]
+            o = out[b, i]
+            for j in range(n1):
+                # (p * ramp_x) * ramp_y
+                qr = p[2 * j] * ar - p[2 * j + 1] * ai
+                qi = p[2 * j] * ai + p[2 * j + 1] * ar
+                o[2 * j] = qr * ry[2 * j] - qi * ry[2 * j + 1]
+                o[2 * j + 1] = qr * ry[2 * j + 1] + qi * ry[2 * j]
+
+
+def incident(probe_k, rampx, rampy, scale, out):
+    """``out[b] = scale * probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space
+    shifted probes; ``scale`` undoes the gain of the backend's unnormalised inverse FFT)."""
+    _incident(_f(probe_k), _f(rampx), _f(rampy), scale, _f(out))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _transmit(psi, trans, corners, out):
+    nb = psi.shape[0]
+    n0 = psi.shape[1]
+    n1 = psi.shape[2] // 2
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = 2 * corners[b, 1]
+        for i in range(n0):
+            p = psi[b, i]
+            t = trans[x0 + i, y0:y0 + 2 * n1]
+            o = out[b, i]
+            for j in range(n1):
+                pr = p[2 * j]
+                pi = p[2 * j + 1]
+                tr = t[2 * j]
+                ti = t[2 * j + 1]
+                o[2 * j] = pr * tr - pi * ti
+                o[2 * j + 1] = pr * ti + pi * tr
+
+
 def transmit(psi, trans, corners, out):
     """Transmission through one slice: ``out[b] = psi[b] * trans[window b]``, the window of
     position ``b`` starting at object pixel ``corners[b]`` (``trans = exp(i sigma V)``)."""
-    nb = psi.shape[0]
-    n0 = psi.shape[1]
-    n1 = psi.shape[2]
+    _transmit(_f(psi), _f(trans), corners, _f(out))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _multiply(a, h):
+    nb = a.shape[0]
+    n0 = h.shape[0]
+    n1 = h.shape[1] // 2
     for b in prange(nb):
-        x0 = corners[b, 0]
-        y0 = corners[b, 1]
         for i in range(n0):
+            r = a[b, i]
+            q = h[i]
             for j in range(n1):
-                out[b, i, j] = psi[b, i, j] * trans[x0 + i, y0 + j]
+                xr = r[2 * j]
+                xi = r[2 * j + 1]
+                r[2 * j] = xr * q[2 * j] - xi * q[2 * j + 1]
+                r[2 * j + 1] = xr * q[2 * j + 1] + xi * q[2 * j]
 
 
-@njit(parallel=True, cache=True)
 def multiply(a, h):
     """``a[b] *= h`` for every ``b`` (Fresnel propagator in Fourier space)."""
-    nb = a.shape[0]
-    n0, n1 = h.shape
+    _multiply(_f(a), _f(h))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _residual(wave_k, amplitudes, index, poisson, scale, err, loss):
+    nb = wave_k.shape[0]
+    n0 = wave_k.shape[1]
+    n1 = wave_k.shape[2] // 2
+    tiny = np.float32(1e-30)
+    sc = np.float32(scale)
+    two = np.float32(2.0) * sc
+    one = np.float32(1.0)
     for b in prange(nb):
+        e = 0.0
+        lo = 0.0
+        k = index[b]
         for i in range(n0):
+            w = wave_k[b, i]
+            arow = amplitudes[k, i]
+            er = np.float32(0.0)
+            lr = np.float32(0.0)
             for j in range(n1):
-                a[b, i, j] = a[b, i, j] * h[i, j]
+                wr = w[2 * j] * sc
+                wi = w[2 * j + 1] * sc
+                m2 = wr * wr + wi * wi
+                m = np.sqrt(m2)
+                a = arow[j]
+                d = m - a
+                er += d * d
+                if poisson == 0:
+                    f = two * (one - a / max(m, tiny))
+                else:
+                    a2 = a * a
+                    lr += m2 - a2 * np.float32(math.log(m2 + np.float32(1e-12)))
+                    if poisson == 2:
+                        f = two * ((m2 - a2) / (m2 + a2 + np.float32(1e-12)))
+                    else:
+                        f = two * (one - a2 / (m2 + np.float32(1e-12)))
+                w[2 * j] = wr * f
+                w[2 * j + 1] = wi * f
+            e += er
+            lo += lr
+        err[b] = e
+        loss[b] = lo if poisson else e
 
 
-@njit(parallel=True, cache=True)
 def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     """Detector-plane residual: replace ``wave_k`` by the gradient of the loss with respect to it.
 
@@ -105,52 +196,66 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     backend's unnormalised FFT) and the gradient is written times ``scale`` so that the
     unnormalised inverse FFT of it is the unitary one.
 
-    Amplitude loss ``sum (|Psi| - a)^2``: ``g = 2 (Psi - a Psi / |Psi|)``.
-    ``poisson`` = 0: amplitude loss; 1: Poisson loss
+    Amplitude loss ``sum (|Psi| - a)^2``: ``g = 2 (Psi - a Psi / |Psi|)`` (``2 Psi`` where
+    ``Psi = 0``, i.e. zero). ``poisson`` = 0: amplitude loss; 1: Poisson loss
     ``sum (|Psi|^2 - a^2 log |Psi|^2)``, ``g = 2 Psi (1 - a^2 / |Psi|^2)``; 2: the same gradient
     preconditioned, i.e. divided by the loss's per-pixel curvature in ``|Psi|`` relative to the
     amplitude loss's, ``(|Psi|^2 + a^2) / (2 |Psi|^2)``, giving the bounded
     ``2 Psi (|Psi|^2 - a^2) / (|Psi|^2 + a^2)`` (a Newton-like step where the model is near zero
     but counts were recorded, where the plain gradient explodes).
     ``err[b]`` receives the amplitude error ``sum (|Psi| - a)^2`` of position ``b`` and
-    ``loss[b]`` the value of the chosen loss (both float64, summed in a fixed order).
+    ``loss[b]`` the value of the chosen loss (float64; float32 within a detector row, float64
+    over rows, in a fixed order).
     """
-    nb = wave_k.shape[0]
-    n0 = wave_k.shape[1]
-    n1 = wave_k.shape[2]
-    tiny = np.float32(1e-12)
-    sc = np.float32(scale)
-    two = np.float32(2.0) * sc
-    for b in prange(nb):
-        e = 0.0
-        lo = 0.0
-        k = index[b]
-        for i in range(n0):
+    _residual(_f(wave_k), amplitudes, index, poisson, scale, err, loss)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
+    nx = grad.shape[0]
+    ny = grad.shape[1]
+    n0 = g.shape[1]
+    n1 = g.shape[2] // 2
+    sg = np.float32(sigma)
+    for x in prange(nx):
+        lo = ny
+        hi = 0
+        grow = grad[x]
+        irow = illum[x]
+        trow = trans[x]
+        for b in range(nb):
+            i = x - corners[b, 0]
+            if i < 0 or i >= n0:
+                continue
+            y0 = corners[b, 1]
+            lo = min(lo, y0)
+            hi = max(hi, y0 + n1)
+            gb = g[b, i]
+            pb = psi[b, i]
+            t = trow[2 * y0:2 * (y0 + n1)]
+            gr_ = grow[y0:y0 + n1]
+            ir_ = irow[y0:y0 + n1]
             for j in range(n1):
-                w = wave_k[b, i, j] * sc
-                m2 = w.real * w.real + w.imag * w.imag
-                m = np.float32(math.sqrt(m2))
-                a = amplitudes[k, i, j]
-                d = m - a
-                e += d * d
-                if poisson:
-                    a2 = a * a
-                    lo += m2 - a2 * math.log(m2 + tiny)
-                    if poisson == 2:
-                        wave_k[b, i, j] = two * w * ((m2 - a2) / (m2 + a2 + tiny))
-                    else:
-                        wave_k[b, i, j] = two * w * (np.float32(1.0) - a2 / (m2 + tiny))
-                else:
-                    lo += d * d
-                    if m > 0:
-                        wave_k[b, i, j] = two * w * (np.float32(1.0) - a / m)
-                    else:
-                        wave_k[b, i, j] = two * w
-        err[b] = e
-        loss[b] = lo
+                tr = t[2 * j]
+                ti = t[2 * j + 1]
+                gr = gb[2 * j]
+                gi = gb[2 * j + 1]
+                ur = tr * gr + ti * gi          # conj(T) g
+                ui = tr * gi - ti * gr
+                gb[2 * j] = ur
+                gb[2 * j + 1] = ui
+                pr = pb[2 * j]
+                pi = pb[2 * j + 1]
+                gr_[j] += sg * (pr * ui - pi * ur)
+                ir_[j] += pr * pr + pi * pi
+        m = np.float32(0.0)
+        for y in range(lo, hi):
+            m = max(m, irow[y])
+        row_lo[x] = lo
+        row_hi[x] = hi
+        row_max[x] = m
 
 
-@njit(parallel=True, cache=True)
 def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
     """Back-propagate through one slice's transmission and scatter the potential gradient.
 
@@ -162,55 +267,178 @@ def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, r
     receive the touched column span of each row (``lo >= hi`` when untouched) and ``row_max`` the
     row's largest illumination.
     """
-    nx = grad.shape[0]
-    ny = grad.shape[1]
-    n0 = g.shape[1]
-    n1 = g.shape[2]
-    sg = np.float32(sigma)
-    for x in prange(nx):
-        lo = ny
-        hi = 0
-        for b in range(nb):
-            i = x - corners[b, 0]
-            if i < 0 or i >= n0:
-                continue
-            y0 = corners[b, 1]
-            if y0 < lo:
-                lo = y0
-            if y0 + n1 > hi:
-                hi = y0 + n1
-            for j in range(n1):
-                u = np.conj(trans[x, y0 + j]) * g[b, i, j]
-                g[b, i, j] = u
-                p = psi[b, i, j]
-                grad[x, y0 + j] += sg * (p.real * u.imag - p.imag * u.real)
-                illum[x, y0 + j] += p.real * p.real + p.imag * p.imag
-        m = np.float32(0.0)
-        for y in range(lo, hi):
-            if illum[x, y] > m:
-                m = illum[x, y]
-        row_lo[x] = lo
-        row_hi[x] = hi
-        row_max[x] = m
+    _back_slice(_f(g), _f(psi), _f(trans), corners, nb, sigma, grad, illum, row_lo, row_hi, row_max)
 
 
-@njit(parallel=True, cache=True)
-def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
-    """``V -= coef * grad / (illum + floor)`` over the touched pixels, refresh ``trans =
-    exp(i sigma V)`` there, and zero ``grad``/``illum`` (ready for the next batch)."""
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
     sg = np.float32(sigma)
     c = np.float32(coef)
     fl = np.float32(floor)
     for x in prange(potential.shape[0]):
+        vrow = potential[x]
+        trow = trans[x]
+        grow = grad[x]
+        irow = illum[x]
         for y in range(row_lo[x], row_hi[x]):
-            il = illum[x, y]
+            il = irow[y]
             if il > 0:
-                v = potential[x, y] - c * grad[x, y] / (il + fl)
-                potential[x, y] = v
+                v = vrow[y] - c * grow[y] / (il + fl)
+                vrow[y] = v
                 ph = sg * v
-                trans[x, y] = np.complex64(complex(math.cos(ph), math.sin(ph)))
-            grad[x, y] = 0
-            illum[x, y] = 0
+                trow[2 * y] = math.cos(ph)
+                trow[2 * y + 1] = math.sin(ph)
+            grow[y] = 0
+            irow[y] = 0
+
+
+def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
+    """``V -= coef * grad / (illum + floor)`` over the touched pixels, refresh ``trans =
+    exp(i sigma V)`` there, and zero ``grad``/``illum`` (ready for the next batch)."""
+    _update_object(potential, _f(trans), grad, illum, row_lo, row_hi, coef, floor, sigma)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _probe_gradient(g_k, rampx, rampy, nb, out):
+    n0 = out.shape[0]
+    n1 = out.shape[1] // 2
+    for i in prange(n0):
+        o = out[i]
+        for j in range(2 * n1):
+            o[j] = 0
+        for b in range(nb):
+            ar = rampx[b, 2 * i]
+            ai = -rampx[b, 2 * i + 1]
+            ry = rampy[b]
+            gb = g_k[b, i]
+            for j in range(n1):
+                # conj(rx) conj(ry) g
+                cr = ar * ry[2 * j] + ai * ry[2 * j + 1]
+                ci = ai * ry[2 * j] - ar * ry[2 * j + 1]
+                gr = gb[2 * j]
+                gi = gb[2 * j + 1]
+                o[2 * j] += cr * gr - ci * gi
+                o[2 * j + 1] += cr * gi + ci * gr
+
+
+def probe_gradient(g_k, rampx, rampy, nb, out):
+    """``out = sum_b conj(ramp_b) * g_k[b]``: gradient with respect to the Fourier probe.
+    Parallel over window rows, sequential over positions (deterministic)."""
+    _probe_gradient(_f(g_k), _f(rampx), _f(rampy), nb, _f(out))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
+    n0 = g_k.shape[1]
+    n1 = g_k.shape[2] // 2
+    for b in prange(nb):
+        sx = 0.0
+        sy = 0.0
+        ry = rampy[b]
+        for i in range(n0):
+            ar = rampx[b, 2 * i]
+            ai = rampx[b, 2 * i + 1]
+            p = probe_k[i]
+            gb = g_k[b, i]
+            rowx = np.float32(0.0)
+            for j in range(n1):
+                pr = p[2 * j] * ar - p[2 * j + 1] * ai
+                pi = p[2 * j] * ai + p[2 * j + 1] * ar
+                qr = pr * ry[2 * j] - pi * ry[2 * j + 1]
+                qi = pr * ry[2 * j + 1] + pi * ry[2 * j]
+                im = gb[2 * j] * qi - gb[2 * j + 1] * qr
+                rowx += im
+                sy += ky[j] * im
+            sx += kx[i] * rowx
+        out[b, 0] = 2.0 * np.pi * sx
+        out[b, 1] = 2.0 * np.pi * sy
+
+
+def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
+    """Gradient of the loss with respect to each position's sub-pixel shift (per pixel).
+
+    With ``Q = probe_k * ramp_b`` (the incident wave in Fourier space) and ``G = g_k[b]``:
+    ``dL/df_x = 2 pi sum kx Im(conj(G) Q)`` and likewise for y.
+    """
+    _position_gradient(_f(g_k), _f(probe_k), _f(rampx), _f(rampy), kx, ky, nb, out)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
+    n0 = dx.shape[1]
+    n1 = dx.shape[2] // 2
+    nx, ny = projected.shape
+    hs = np.float32(0.5 * sigma)
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = corners[b, 1]
+        for i in range(n0):
+            X = x0 + i
+            xm = X - 1 if X > 0 else X
+            xp = X + 1 if X + 1 < nx else X
+            p = psi[b, i]
+            t = trans[X]
+            vm = projected[xm]
+            v0 = projected[X]
+            vp = projected[xp]
+            ox = dx[b, i]
+            oy = dy[b, i]
+            for j in range(n1):
+                Y = y0 + j
+                ym = Y - 1 if Y > 0 else Y
+                yp = Y + 1 if Y + 1 < ny else Y
+                er = p[2 * j] * t[2 * Y] - p[2 * j + 1] * t[2 * Y + 1]
+                ei = p[2 * j] * t[2 * Y + 1] + p[2 * j + 1] * t[2 * Y]
+                gx = hs * (vp[Y] - vm[Y])
+                gy = hs * (v0[yp] - v0[ym])
+                # exit * i g
+                ox[2 * j] = -ei * gx
+                ox[2 * j + 1] = er * gx
+                oy[2 * j] = -ei * gy
+                oy[2 * j + 1] = er * gy
+
+
+def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
+    """Approximate derivative of the exit wave with respect to a shift of the object under the
+    probe (projection approximation): ``exit * i sigma dVproj/dx`` (per pixel), for the
+    Gauss-Newton curvature of the position update."""
+    _exit_shift_derivative(_f(psi), _f(trans), projected, corners, nb, sigma, _f(dx), _f(dy))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _position_curvature(wave_k, dx, dy, nb, out):
+    n0 = dx.shape[1]
+    n1 = dx.shape[2] // 2
+    tiny = np.float32(1e-30)
+    for b in prange(nb):
+        cx = 0.0
+        cy = 0.0
+        for i in range(n0):
+            w = wave_k[b, i]
+            a = dx[b, i]
+            c = dy[b, i]
+            rx = np.float32(0.0)
+            ry = np.float32(0.0)
+            for j in range(n1):
+                wr = w[2 * j]
+                wi = w[2 * j + 1]
+                m2 = wr * wr + wi * wi
+                inv = np.float32(1.0) / max(m2, tiny)     # zero where the wave is zero
+                inv = inv if m2 > 0 else np.float32(0.0)
+                ux = wr * a[2 * j] + wi * a[2 * j + 1]
+                uy = wr * c[2 * j] + wi * c[2 * j + 1]
+                rx += ux * ux * inv
+                ry += uy * uy * inv
+            cx += rx
+            cy += ry
+        out[b, 0] = 2.0 * cx
+        out[b, 1] = 2.0 * cy
+
+
+def position_curvature(wave_k, dx, dy, nb, out):
+    """Gauss-Newton curvature of the amplitude loss along x and y for each position:
+    ``2 sum_k Re(conj(Psi/|Psi|) dPsi)^2``."""
+    _position_curvature(_f(wave_k), _f(dx), _f(dy), nb, out)
 
 
 @njit(parallel=True, cache=True)
@@ -224,45 +452,6 @@ def copy_gradient(out, grad, illum, row_lo, row_hi):
 
 
 @njit(parallel=True, cache=True)
-def probe_gradient(g_k, rampx, rampy, nb, out):
-    """``out = sum_b conj(ramp_b) * g_k[b]``: gradient with respect to the Fourier probe.
-    Parallel over window rows, sequential over positions (deterministic)."""
-    n0 = out.shape[0]
-    n1 = out.shape[1]
-    for i in prange(n0):
-        for j in range(n1):
-            out[i, j] = 0
-        for b in range(nb):
-            rx = np.conj(rampx[b, i])
-            for j in range(n1):
-                out[i, j] += rx * np.conj(rampy[b, j]) * g_k[b, i, j]
-
-
-@njit(parallel=True, cache=True)
-def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
-    """Gradient of the loss with respect to each position's sub-pixel shift (per pixel).
-
-    With ``Q = probe_k * ramp_b`` (the incident wave in Fourier space) and ``G = g_k[b]``:
-    ``dL/df_x = 2 pi sum kx Im(conj(G) Q)`` and likewise for y.
-    """
-    n0 = g_k.shape[1]
-    n1 = g_k.shape[2]
-    for b in prange(nb):
-        sx = 0.0
-        sy = 0.0
-        for i in range(n0):
-            rx = rampx[b, i]
-            for j in range(n1):
-                q = probe_k[i, j] * rx * rampy[b, j]
-                gg = g_k[b, i, j]
-                im = gg.real * q.imag - gg.imag * q.real
-                sx += kx[i] * im
-                sy += ky[j] * im
-        out[b, 0] = 2.0 * np.pi * sx
-        out[b, 1] = 2.0 * np.pi * sy
-
-
-@njit(parallel=True, cache=True)
 def project_potential(potential, out):
     """``out = sum_s potential[s]`` (float32, summed in slice order)."""
     nz, nx, ny = potential.shape
@@ -272,54 +461,6 @@ def project_potential(potential, out):
         for s in range(nz):
             for y in range(ny):
                 out[x, y] += potential[s, x, y]
-
-
-@njit(parallel=True, cache=True)
-def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
-    """Approximate derivative of the exit wave with respect to a shift of the object under the
-    probe (projection approximation): ``exit * i sigma dVproj/dx`` (per pixel), for the
-    Gauss-Newton curvature of the position update."""
-    n0 = dx.shape[1]
-    n1 = dx.shape[2]
-    nx, ny = projected.shape
-    for b in prange(nb):
-        x0 = corners[b, 0]
-        y0 = corners[b, 1]
-        for i in range(n0):
-            X = x0 + i
-            xm = X - 1 if X > 0 else X
-            xp = X + 1 if X + 1 < nx else X
-            for j in range(n1):
-                Y = y0 + j
-                ym = Y - 1 if Y > 0 else Y
-                yp = Y + 1 if Y + 1 < ny else Y
-                ex = psi[b, i, j] * trans[X, Y]
-                gx = np.float32(0.5 * sigma) * (projected[xp, Y] - projected[xm, Y])
-                gy = np.float32(0.5 * sigma) * (projected[X, yp] - projected[X, ym])
-                dx[b, i, j] = ex * np.complex64(1j * gx)
-                dy[b, i, j] = ex * np.complex64(1j * gy)
-
-
-@njit(parallel=True, cache=True)
-def position_curvature(wave_k, dx, dy, nb, out):
-    """Gauss-Newton curvature of the amplitude loss along x and y for each position:
-    ``2 sum_k Re(conj(Psi/|Psi|) dPsi)^2``."""
-    n0 = dx.shape[1]
-    n1 = dx.shape[2]
-    for b in prange(nb):
-        cx = 0.0
-        cy = 0.0
-        for i in range(n0):
-            for j in range(n1):
-                w = wave_k[b, i, j]
-                m = math.sqrt(w.real * w.real + w.imag * w.imag)
-                if m > 0:
-                    ux = (w.real * dx[b, i, j].real + w.imag * dx[b, i, j].imag) / m
-                    uy = (w.real * dy[b, i, j].real + w.imag * dy[b, i, j].imag) / m
-                    cx += ux * ux
-                    cy += uy * uy
-        out[b, 0] = 2.0 * cx
-        out[b, 1] = 2.0 * cy
 
 
 @njit(parallel=True, cache=True)
