@@ -10,6 +10,7 @@ from msptycho.io import InputError, Provenance, read_datacube
 from msptycho.io.calib_io import read_parallax
 from msptycho.io.simio import read_truth, read_vacuum_probe
 from msptycho.logs import setup_logging
+from msptycho.simulate.truth import defocus_reference_planes
 from msptycho.ptycho import ReconstructionParameters
 
 log = setup_logging(snakemake.log[0])
@@ -31,8 +32,18 @@ except InputError as e:
     raise SystemExit(1)
 truth = None
 if inp.get("truth"):
-    truth = {"defocus_A": read_truth(inp.truth).probe["defocus_A"], "scan_rotation_deg": 0.0}
-    log.info("truth: %s; parallax %.1f A; calibrated %.1f A", truth, px.defocus_A, result.aberrations.defocus_A)
+    # the reconstruction's probe is defined at its first slab's plane: msptycho.simulate.truth.defocus_reference_planes
+    planes = defocus_reference_planes(read_truth(inp.truth))
+    truth = {"defocus_A": planes["defocus_first_slab_A"], "scan_rotation_deg": 0.0}
+    ref = planes["defocus_first_slab_A"]
+    log.info("truth: defocus %.1f A at the entrance surface, %.1f A at the first slab's mid-plane (the "
+             "reconstruction's reference), %.1f A at the parallax plane; scan rotation 0 deg",
+             planes["defocus_entrance_A"], ref, planes["defocus_parallax_A"])
+    log.info("calibrated vs truth (first slab): defocus %.1f A vs %.1f A (%+.1f %%; parallax start %.1f A, "
+             "%+.1f %%; vs the entrance's %.1f A: %+.1f %%), scan rotation %.2f deg vs 0 (parallax %.2f deg)",
+             result.defocus_A, ref, 100 * (result.defocus_A / ref - 1), px.defocus_A, 100 * (px.defocus_A / ref - 1),
+             planes["defocus_entrance_A"], 100 * (result.defocus_A / planes["defocus_entrance_A"] - 1),
+             result.scan_rotation_deg, px.scan_rotation_deg)
 prov = Provenance.collect("calibrate", {"calibrate": dataclasses.asdict(settings)}, list(snakemake.input),
                           seed=par.seed, project_dir=f"{snakemake.scriptdir}/..")
 write_calibration_json(snakemake.output.calibration, result, prov)

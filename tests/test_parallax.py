@@ -28,26 +28,36 @@ DOSE = 5e3
 PHASE_RMS = 0.3          # rad
 
 
-def make_object(n_px, px_A, seed):
-    """Weak phase object exp(i phi): white noise smoothed to ~1.2 A features, PHASE_RMS rad RMS."""
+def make_object(n_px, px_A, seed, phase_rms=PHASE_RMS):
+    """Weak phase object exp(i phi): white noise smoothed to ~1.2 A features, phase_rms rad RMS."""
     rng = np.random.default_rng(seed)
     phi = ndimage.gaussian_filter(rng.standard_normal((n_px, n_px)), 1.2 / px_A, mode="wrap")
-    phi *= PHASE_RMS / phi.std()
+    phi *= phase_rms / phi.std()
     return np.exp(1j * phi)
 
 
-def simulate(aberrations, rotation_deg, transpose=False, seed=0, n_scan=N_SCAN, step_A=STEP_A):
-    """(datacube (Rx, Ry, Qx, Qy) float32, Calibration with scan_rotation_deg = 0)."""
+def simulate(aberrations, rotation_deg, transpose=False, seed=0, n_scan=N_SCAN, step_A=STEP_A,
+             depths_A=(0.0,)):
+    """(datacube (Rx, Ry, Qx, Qy) float32, Calibration with scan_rotation_deg = 0).
+
+    ``aberrations`` are those of the probe at z = 0 (the entrance surface); one independent weak
+    phase layer (``PHASE_RMS / sqrt(len(depths_A))`` rad RMS each) lies at each depth of
+    ``depths_A`` (Angstrom below the entrance, increasing), the wave propagating between them with
+    :func:`msptycho.physics.fresnel_propagator` (multislice).
+    """
     px = physics.realspace_sampling_A(N_DET, MRAD_PER_PX, E_EV)
-    probe_k = physics.probe_fourier((N_DET, N_DET), px, E_EV, SEMIANGLE, aberrations)
     kx, ky = physics.spatial_frequencies((N_DET, N_DET), px)
+    lam = physics.wavelength_A(E_EV)
+    depths = [float(z) for z in depths_A]
+    probe_k = physics.probe_fourier((N_DET, N_DET), px, E_EV, SEMIANGLE, aberrations)
+    probe_k = probe_k * physics.fresnel_propagator(kx, ky, lam, depths[0])  # entrance -> first layer
     i, j = np.meshgrid(np.arange(n_scan), np.arange(n_scan), indexing="ij")
     rs = np.stack([i, j], -1).reshape(-1, 2) * step_A
     rs = rs - rs.mean(axis=0)
     r_obj = scan_to_object(rs, rotation_deg, transpose)  # positions, object frame, A
     extent = np.abs(r_obj).max() + N_DET * px
     n_obj = int(2 * extent / px) + 4
-    obj = make_object(n_obj, px, seed)
+    objs = [make_object(n_obj, px, seed + 1000 * m, PHASE_RMS / np.sqrt(len(depths))) for m in range(len(depths))]
     centre = n_obj / 2
     rng = np.random.default_rng(seed + 100)
     cube = np.empty((n_scan * n_scan, N_DET, N_DET), dtype=np.float32)
@@ -61,7 +71,10 @@ def simulate(aberrations, rotation_deg, transpose=False, seed=0, n_scan=N_SCAN, 
         probes = np.fft.ifft2(probe_k[None] * ramp)
         ii = corner[:, 0, None, None] + np.arange(N_DET)[None, :, None]
         jj = corner[:, 1, None, None] + np.arange(N_DET)[None, None, :]
-        exit_ = probes * obj[ii, jj]
+        exit_ = probes * objs[0][ii, jj]
+        for m in range(1, len(depths)):
+            h = physics.fresnel_propagator(kx, ky, lam, depths[m] - depths[m - 1])
+            exit_ = np.fft.ifft2(np.fft.fft2(exit_) * h) * objs[m][ii, jj]
         pat = np.abs(np.fft.fftshift(np.fft.fft2(exit_), axes=(1, 2))) ** 2
         pat *= counts / pat.sum(axis=(1, 2), keepdims=True)
         cube[b0:b0 + 128] = rng.poisson(pat)
@@ -189,3 +202,53 @@ def test_structureless_data_is_flagged_unreliable():
     print(f"\nnoise only: R^2 {res.explained_fraction:.3f}, levels {[(h['bin'], h['accepted']) for h in res.history]}")
     assert res.explained_fraction < 0.8
     assert not any(h["accepted"] for h in res.history) and sum(h["used"] for h in res.history) == 1
+
+
+def parallax_plane_A(entrance_A, depths_A, weights=None):
+    """Defocus a parallax fit measures for weak layers at ``depths_A`` (the formula of
+    :func:`msptycho.simulate.truth.defocus_reference_planes`): ``sum v d^3 / sum v d^2``, d = D - z."""
+    d = entrance_A - np.asarray(depths_A, dtype=float)
+    v = np.ones_like(d) if weights is None else np.asarray(weights, dtype=float)
+    return float(np.sum(v * d**3) / np.sum(v * d**2))
+
+
+@pytest.mark.parametrize("depths_A", [(60.0,), (0.0, 60.0)])
+def test_parallax_measures_defocus_at_the_object_depth(depths_A):
+    """Reference plane: the probe has defocus 180 A at the entrance surface (z = 0). A thin object
+    at depth z sees ``180 - z`` (physics: ``defocus_A = -C10`` and Fresnel propagation over z), and
+    parallax must return that; two equal independent layers at 0 and 60 A give the contrast-weighted
+    plane ``sum d^3 / sum d^2`` = 161.5 A (each layer's BF contrast grows with its defocus d), not
+    the entrance's 180 A nor the centroid's 150 A."""
+    entrance = 180.0
+    expected = parallax_plane_A(entrance, depths_A)
+    centroid = entrance - float(np.mean(depths_A))
+    cube, cal = simulate(physics.Aberrations(defocus_A=entrance), 0.0, seed=11, depths_A=depths_A)
+    res = parallax_fit(cube, cal)
+    print(f"\nlayers at {depths_A} A, entrance defocus {entrance:.1f} A: parallax {res.defocus_A:.1f} A "
+          f"(expected {expected:.1f} A, centroid {centroid:.1f} A), rotation {res.scan_rotation_deg:.2f} deg (truth 0)")
+    assert abs(res.defocus_A - expected) < 0.02 * expected
+    assert abs(angle_diff(res.scan_rotation_deg, 0.0)) < 1.0
+
+
+def test_truth_reference_planes():
+    """defocus_reference_planes on a hand-made truth: two slabs of 12 A, the second with three
+    times the first's mean potential, inside the scanned field."""
+    from msptycho.simulate.truth import GroundTruth, defocus_reference_planes
+
+    pot = np.zeros((2, 20, 20), dtype=np.float32)
+    pot[0], pot[1] = 1.0, 3.0
+    pot[:, :2] = 50.0  # outside the scanned field: ignored
+    z = np.zeros((2, 20, 20), dtype=np.float32)
+    m = np.zeros((2, 20, 20), dtype=bool)
+    scan = np.stack(np.meshgrid(np.arange(5, 15.0), np.arange(0, 19.0), indexing="ij"), -1)
+    truth = GroundTruth(sampling_A=1.0, origin_A=(0.0, 0.0), slice_thickness_A=12.0,
+                        slice_edges_A=np.array([0.0, 12.0, 24.0]), potential_VA=pot, exx=z, eyy=z, exy=z,
+                        dilation=z, rotation_rad=z, particle_mask=m, core_mask=m, crack_mask=m,
+                        dislocations=np.zeros(0), reference_lattice_A=5.46, misfit=0.0,
+                        particle_center_A=np.zeros(3), core_center_A=np.zeros(3), core_radius_A=1.0,
+                        probe={"defocus_A": 100.0}, scan_positions_A=scan)
+    r = defocus_reference_planes(truth)
+    assert r["defocus_entrance_A"] == 100.0 and r["defocus_first_slab_A"] == 94.0
+    assert abs(r["centroid_depth_A"] - (6 * 1 + 18 * 3) / 4) < 1e-9
+    assert abs(r["defocus_centroid_A"] - 85.0) < 1e-9
+    assert abs(r["defocus_parallax_A"] - parallax_plane_A(100.0, [6.0, 18.0], [1.0, 3.0])) < 1e-9

@@ -262,3 +262,61 @@ def ground_truth(params: SimulationParameters, model: AtomicModel, recon_slice_t
         scan_positions_A=scan_positions_A, scan_positions_nominal_A=scan_positions_nominal_A,
         haadf_drift_A=None if scan_pair is None else scan_pair.drift_A,
         haadf_time_s=None if scan_pair is None else scan_pair.time_s)
+
+
+
+def defocus_reference_planes(truth: GroundTruth) -> dict:
+    """The true defocus referred to the planes of a thick sample that the calibration chain measures.
+
+    The simulator forms its probe with ``probe["defocus_A"]`` (``D``) at z = 0, the entrance
+    surface of its potential box (the top of the carbon support); the truth's (and the
+    reconstruction's) slab ``k`` covers ``[k dz, (k + 1) dz)``. With ``defocus_A = -C10`` (positive:
+    crossover below the entrance surface) a layer at depth ``z`` sees the defocus ``D - z``.
+
+    * **entrance** (z = 0): ``D``.
+    * **first slab** (z = dz / 2): the reconstruction applies each slab's potential at one plane,
+      the first one where its probe is defined; a slab's potential acts, to first order, at its
+      mid-plane, so a converged multislice model of this stack matches the data with the probe's
+      defocus at ``z = dz / 2``: ``D - dz / 2``, the truth of the calibration (:mod:`msptycho.calibrate`).
+    * **potential centroid** ``z_c = sum_k v_k z_k / sum_k v_k``, with ``v_k`` the mean projected
+      potential of slab ``k`` over the scanned field and ``z_k`` its mid-plane: ``D - z_c``.
+    * **parallax plane**: a BF image is the sum of the layers' images, each displaced by
+      ``wavelength (D - z) k``; a weak-phase layer's BF contrast grows in proportion to its
+      defocus ``D - z`` and the cross-correlation that measures the displacement weighs each layer
+      by its contrast squared, so the measured defocus is
+      ``sum_k v_k (D - z_k)^3 / sum_k v_k (D - z_k)^2`` (checked in ``tests/test_parallax.py``: two
+      equal layers at 0 and 60 A under a 180 A entrance defocus give 161.5 A, not the centroid's
+      150 A). This is the truth the parallax estimate (:mod:`msptycho.parallax`) is compared with.
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        With ``probe["defocus_A"]``, ``potential_VA``, ``slice_edges_A`` and (optional)
+        ``scan_positions_A`` to restrict the average to the scanned field.
+
+    Returns
+    -------
+    dict
+        ``defocus_entrance_A``, ``defocus_first_slab_A``, ``centroid_depth_A`` (below the
+        entrance), ``defocus_centroid_A``, ``defocus_parallax_A``, ``sample_depth_A`` (depth of
+        the truth's slabs); all Angstrom.
+    """
+    d0 = float(truth.probe["defocus_A"])
+    pot = np.asarray(truth.potential_VA, dtype=np.float64)
+    if truth.scan_positions_A is not None:
+        p = np.asarray(truth.scan_positions_A, dtype=np.float64).reshape(-1, 2)
+        lo = np.floor((p.min(axis=0) - np.asarray(truth.origin_A)) / truth.sampling_A).astype(int)
+        hi = np.ceil((p.max(axis=0) - np.asarray(truth.origin_A)) / truth.sampling_A).astype(int) + 1
+        pot = pot[:, max(lo[0], 0):hi[0], max(lo[1], 0):hi[1]]
+    v = np.clip(pot.mean(axis=(1, 2)), 0.0, None)
+    edges = np.asarray(truth.slice_edges_A, dtype=np.float64)
+    z_mid = 0.5 * (edges[1:] + edges[:-1])
+    if np.sum(v) > 0:
+        zc = float(np.sum(v * z_mid) / np.sum(v))
+        dz = d0 - z_mid
+        d_par = float(np.sum(v * dz**3) / np.sum(v * dz**2)) if np.sum(v * dz**2) > 0 else d0 - zc
+    else:
+        zc, d_par = 0.0, d0
+    return dict(defocus_entrance_A=d0, defocus_first_slab_A=d0 - 0.5 * float(edges[1] - edges[0]),
+                centroid_depth_A=zc, defocus_centroid_A=d0 - zc, defocus_parallax_A=d_par,
+                sample_depth_A=float(edges[-1]))
