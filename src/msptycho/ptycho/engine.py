@@ -277,8 +277,8 @@ class MultisliceEngine:
                             float(p.tv_epsilon_VA))
         if p.positivity:
             self.be.clip_negative(self.V)
-        if p.positivity or self.tv_work is not None:
-            self.be.refresh_transmission(self.V, self.sigma, self.T)
+        # exact exp(i sigma V) once per iteration (the batch updates follow V incrementally)
+        self.be.refresh_transmission(self.V, self.sigma, self.T)
         if probe_updated:
             amp = self.famp if (p.probe_fourier_amplitude_constraint and self.famp is not None) else None
             Pk = self.be.asnumpy(self.Pk)
