@@ -19,6 +19,42 @@ F per column: on the simulator's true volume the shell's order parameter is 0.05
 each slice's shell level, the median order parameter in a ring ``baseline_band_A`` (A) inside the
 particle's edge, which is shell wherever the shell is thicker than the ring. ``baseline="none"``
 thresholds the order parameter itself, as the paper.
+
+**Why the shell flickers, and what is done about it.** In fluorite [001] projection the {200}
+amplitude of a column is ``n_cation f_cation - n_F f_F`` per unit cell; in CaF2 the two nearly
+cancel, so one cation or anion layer (spacing a/4 = 1.37 A) more or less in a 12 A slice changes the
+shell's {200} by a large fraction. Which layers fall into a slice depends on sub-Angstrom
+z-displacements: the core's misfit field (``u ~ eps R^3 / r^2``, up to 0.7 A) moves layers across
+slice boundaries, so the shell above and below the core has a different {200} level from the shell
+at the particle's edge (on the simulator's true volume a blob of excess 0.2 over a 30 A wide disc
+above the core, in a slice that holds at most 3.5 A of core). Three measures, each configurable:
+
+* ``slice_mixing`` ``w`` (default 0.25): the order parameter of slice ``z`` is computed from the
+  complex Bragg images of ``w V[z-1] + (1 - 2w) V[z] + w V[z+1]`` (the Fourier filter is linear, so
+  this equals mixing the filtered images). A layer that crosses the boundary between two slices
+  leaves one and enters the other; with the binomial ``(1/4, 1/2, 1/4)`` its effect on the mixed
+  slice drops from 1 to 1/4, while the core's axial profile is blurred by a kernel of 0.7 slice
+  (standard deviation). The first and last slice have one neighbour and are left unmixed.
+* ``smoothing_A`` (default 2.5 A, half the CaF2 lattice parameter: the spacing of the projected
+  cation columns): both magnitudes are smoothed in-plane (normalised Gaussian inside the particle)
+  before the ratio, which averages the random Sr/Yb occupancy of the core columns and the
+  column-scale ripple of the filtered magnitudes.
+* ``edge_exclusion_A`` (default 2 x the filter resolution): the ratio of two Bragg-filtered
+  magnitudes is biased where the filter's point spread reaches the vacuum, so pixels that close to
+  the particle's edge are not core candidates (a core touching the surface loses that rim).
+
+**Threshold** (``threshold_method="contrast"``, the default). The core/shell contrast of the
+excess also flickers (the core's own layers, a = 5.70 A, are counted differently per slice), so a
+single Otsu threshold over all slices cuts one slice at 30 % core and the next at 70 %. Instead the
+full-core contrast ``C`` is measured as the largest per-slice 99th percentile of the excess (the
+excess where a column is entirely core; this needs a core at least as thick as one slice), and each
+slice is segmented by hysteresis: a region is core when it reaches ``seed_fraction * C`` somewhere
+(a column mostly core) and extends to where the excess falls below ``grow_fraction * C``. The truth
+(:mod:`msptycho.simulate.truth`) calls a pixel core when at least two of three planes of the slice
+are, i.e. a column at least about half core; ``grow_fraction`` = 0.4 is a little below one half to
+make up for the ``slice_mixing`` kernel, which lowers the excess of the slices at the core's top
+and bottom. ``threshold_method="otsu"`` is the former single Otsu threshold; a given ``threshold``
+overrides both.
 """
 
 from __future__ import annotations
@@ -46,9 +82,10 @@ class CoreResult:
     core_mask : bool ndarray
         ``order >= threshold`` (then cleaned, see :func:`core_from_volume`).
     threshold : float
-        Threshold used on the order parameter.
+        Threshold used on the order parameter minus the baseline (for ``"contrast"`` the growth
+        level of the hysteresis).
     threshold_method : str
-        ``"otsu"`` or ``"given"``.
+        ``"otsu"``, ``"given"`` or ``"contrast: ..."`` (with the full-core excess and fractions).
     baseline : ndarray (nz,)
         Per-slice shell level subtracted before thresholding (zeros with ``baseline="none"``; NaN
         where a slice has no particle).
@@ -81,8 +118,41 @@ class CoreResult:
     origin_A: tuple[float, float] = (0.0, 0.0)
 
 
+def _default_sigma(g200_inv_A, mask_sigma_inv_A):
+    g2 = np.asarray(g200_inv_A, dtype=np.float64)
+    return 0.2 * float(np.min(np.hypot(g2[:, 0], g2[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+
+
+def mix_slices(volume, weight: float) -> np.ndarray:
+    """``weight * V[z-1] + (1 - 2 weight) * V[z] + weight * V[z+1]`` per slice (float64); the first
+    and last slice are returned unmixed."""
+    v = np.asarray(volume, dtype=np.float64)
+    w = float(weight)
+    if not 0.0 <= w <= 1.0 / 3.0:
+        raise InputError(f"lattice analysis: slice_mixing must be between 0 and 1/3, got {weight!r}.")
+    if w == 0.0 or v.shape[0] < 2:
+        return v
+    out = (1.0 - 2.0 * w) * v
+    out[1:] += w * v[:-1]
+    out[:-1] += w * v[1:]
+    out[0] = v[0]  # the end slices have one neighbour: left as they are (an asymmetric mix
+    out[-1] = v[-1]  # would move their content by w / (1 - w) slice towards the inside)
+    return out
+
+
+def _smooth_in(values, mask, sigma_px):
+    """Normalised in-plane Gaussian smoothing of ``values`` inside ``mask`` (per slice); NaN outside."""
+    if not min(sigma_px) > 0:
+        return np.where(mask, values, np.nan)
+    s = (0, sigma_px[0], sigma_px[1])
+    num = ndimage.gaussian_filter(np.where(mask, values, 0.0), s)
+    den = ndimage.gaussian_filter(mask.astype(np.float64), s)
+    return np.where(mask, num / np.maximum(den, 1e-12), np.nan)
+
+
 def order_parameter(volume, sampling_A, g200_inv_A, g220_inv_A, *, mask_sigma_inv_A: float | None = None,
-                    amplitude_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+                    amplitude_threshold: float = 0.3, smoothing_A: float = 0.0,
+                    slice_mixing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Order parameter per slice (module doc).
 
     Parameters
@@ -97,6 +167,13 @@ def order_parameter(volume, sampling_A, g200_inv_A, g220_inv_A, *, mask_sigma_in
         Gaussian Bragg-mask width, 1/A (default 20 % of ``|g200|``, a resolution of about 2.2 A).
     amplitude_threshold : float
         Fraction of the typical {220} amplitude below which a pixel is outside the particle.
+    smoothing_A : float
+        In-plane Gaussian smoothing (standard deviation, A) of both magnitudes inside the particle
+        before their ratio (0: none).
+    slice_mixing : float
+        Weight ``w`` of each neighbouring slice in the volume the magnitudes are computed from
+        (:func:`mix_slices`; 0: none, 0.25: binomial). The particle mask is that of the mixed
+        {220} magnitude, the support of the ratio.
 
     Returns
     -------
@@ -106,20 +183,27 @@ def order_parameter(volume, sampling_A, g200_inv_A, g220_inv_A, *, mask_sigma_in
     v = check_volume(volume)
     g2 = check_g_vectors(g200_inv_A, name="g200_inv_A")
     g4 = check_g_vectors(g220_inv_A, name="g220_inv_A")
-    sigma = 0.2 * float(np.min(np.hypot(g2[:, 0], g2[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sampling = as_sampling(sampling_A)
+    if not (np.isfinite(smoothing_A) and smoothing_A >= 0):
+        raise InputError(f"lattice analysis: smoothing_A must be a non-negative length in Angstrom, got {smoothing_A!r}.")
+    sigma = _default_sigma(g2, mask_sigma_inv_A)
+    vm = mix_slices(v, slice_mixing)
     a200 = np.empty(v.shape)
     a220 = np.empty(v.shape)
     for z in range(v.shape[0]):
-        spec = np.fft.fft2(v[z])
-        a200[z] = sum(np.abs(bragg_filter(spec, g, sigma, sampling_A)) for g in g2)
-        a220[z] = sum(np.abs(bragg_filter(spec, g, sigma, sampling_A)) for g in g4)
+        spec = np.fft.fft2(vm[z])
+        a200[z] = sum(np.abs(bragg_filter(spec, g, sigma, sampling)) for g in g2)
+        a220[z] = sum(np.abs(bragg_filter(spec, g, sigma, sampling)) for g in g4)
     level = lattice_level(a220)
     if not level > 0:
         raise InputError("lattice analysis: the {220} reflections have no amplitude; the volume shows no lattice.")
     particle = a220 >= amplitude_threshold * level
     if not particle.any():
         raise InputError("lattice analysis: no pixel has {220} amplitude above amplitude_threshold; the volume shows no lattice.")
-    order = np.where(particle, a200 / np.maximum(a220, np.finfo(np.float64).tiny), np.nan)
+    px = (float(smoothing_A) / sampling[0], float(smoothing_A) / sampling[1])
+    a200 = _smooth_in(a200, particle, px)
+    a220 = _smooth_in(a220, particle, px)
+    order = np.where(particle, a200 / np.maximum(np.nan_to_num(a220), np.finfo(np.float64).tiny), np.nan)
     return order, particle
 
 
@@ -140,23 +224,41 @@ def slice_baseline(order, particle, sampling_A, band_A=(3.0, 10.0)) -> np.ndarra
     return out
 
 
+def _largest_component(core):
+    lab, n = ndimage.label(core)
+    if n > 1:
+        sizes = ndimage.sum_labels(core, lab, index=np.arange(1, n + 1))
+        core = lab == (1 + int(np.argmax(sizes)))
+    return np.stack([ndimage.binary_fill_holes(c) for c in core])
+
+
 def core_from_volume(volume, sampling_A, g200_inv_A, g220_inv_A, *, threshold: float | None = None,
+                     threshold_method: str = "contrast", grow_fraction: float = 0.4, seed_fraction: float = 0.7,
                      baseline: str = "edge", baseline_band_A=(3.0, 10.0), mask_sigma_inv_A: float | None = None,
-                     amplitude_threshold: float = 0.3, largest_component: bool = True,
+                     amplitude_threshold: float = 0.3, smoothing_A: float = 2.5, slice_mixing: float = 0.25,
+                     edge_exclusion_A: float | None = None, largest_component: bool = True,
                      origin_A=(0.0, 0.0)) -> CoreResult:
-    """3-D core mask and centroid from the order parameter.
+    """3-D core mask and centroid from the order parameter (module doc).
 
     Parameters
     ----------
-    volume, sampling_A, g200_inv_A, g220_inv_A, mask_sigma_inv_A, amplitude_threshold
+    volume, sampling_A, g200_inv_A, g220_inv_A, mask_sigma_inv_A, amplitude_threshold, smoothing_A, slice_mixing
         As :func:`order_parameter`.
     threshold : float, optional
-        Threshold on the order parameter (minus the baseline); default Otsu's threshold over all
-        particle voxels.
+        A single threshold on the order parameter (minus the baseline); overrides ``threshold_method``.
+    threshold_method : {"contrast", "otsu"}
+        ``"contrast"``: per-slice hysteresis between ``grow_fraction`` and ``seed_fraction`` of the
+        full-core contrast (module doc; needs ``baseline="edge"``); ``"otsu"``: Otsu's threshold
+        over all candidate voxels (with ``baseline="none"`` the paper's method).
+    grow_fraction, seed_fraction : float
+        Fractions of the full-core contrast (dimensionless, ``0 < grow <= seed``).
     baseline : {"edge", "none"}
         Subtract each slice's shell level (module doc) before thresholding, or not (the paper).
     baseline_band_A : (float, float)
         Ring inside the particle's edge (A) whose median order parameter is the shell level.
+    edge_exclusion_A : float, optional
+        Pixels closer than this (A, in-plane) to the particle's edge are not core candidates
+        (default twice the filter resolution; 0: none).
     largest_component : bool
         Keep only the largest 3-D connected component (face connectivity) and fill its holes per slice.
     origin_A : (float, float)
@@ -165,47 +267,80 @@ def core_from_volume(volume, sampling_A, g200_inv_A, g220_inv_A, *, threshold: f
     Returns
     -------
     CoreResult
+        ``order`` is the (smoothed, slice-mixed) order parameter; ``threshold`` the growth level on
+        the excess (``grow_fraction * C`` for ``"contrast"``).
 
     Raises
     ------
     InputError
-        No lattice, or the order parameter does not separate a core (empty core mask).
+        No lattice, bad settings, or the order parameter does not separate a core (empty core mask).
     """
     sampling = as_sampling(sampling_A)
     origin = as_origin(origin_A)
+    sigma = _default_sigma(check_g_vectors(g200_inv_A, name="g200_inv_A"), mask_sigma_inv_A)
     order, particle = order_parameter(volume, sampling, g200_inv_A, g220_inv_A, mask_sigma_inv_A=mask_sigma_inv_A,
-                                      amplitude_threshold=amplitude_threshold)
+                                      amplitude_threshold=amplitude_threshold, smoothing_A=smoothing_A,
+                                      slice_mixing=slice_mixing)
     if baseline == "edge":
         base = slice_baseline(order, particle, sampling, baseline_band_A)
-        score = order - np.nan_to_num(base, nan=0.0)[:, None, None]
+        # a slice without a shell ring (too small a section) has no baseline: no core candidate there
+        score = np.where(np.isfinite(base)[:, None, None], order - np.nan_to_num(base, nan=0.0)[:, None, None], np.nan)
     elif baseline == "none":
         base = np.zeros(order.shape[0])
         score = order
     else:
         raise InputError(f"lattice analysis: baseline must be 'edge' or 'none', got {baseline!r}.")
-    vals = score[particle]
-    if threshold is None:
+    edge = 2.0 * psf_sigma_A(sigma) if edge_exclusion_A is None else float(edge_exclusion_A)
+    if not (np.isfinite(edge) and edge >= 0):
+        raise InputError(f"lattice analysis: edge_exclusion_A must be a non-negative length in Angstrom, got {edge_exclusion_A!r}.")
+    cand = particle & np.isfinite(score)
+    if edge > 0:
+        for z in range(cand.shape[0]):
+            if cand[z].any():
+                d = ndimage.distance_transform_edt(np.pad(particle[z], 1), sampling=sampling)[1:-1, 1:-1]
+                cand[z] &= d > edge
+    if not cand.any():
+        raise InputError(f"lattice analysis: no particle pixel lies deeper than edge_exclusion_A={edge:.3g} A; "
+                         "no core candidate.")
+    vals = score[cand]
+    filled = np.where(cand, score, -np.inf)
+    if threshold is not None:
+        thr, method = float(threshold), "given"
+        core = filled >= thr
+    elif threshold_method == "otsu":
         from skimage.filters import threshold_otsu
         if np.ptp(vals) == 0:
             raise InputError("lattice analysis: the order parameter is uniform over the particle; no core to separate.")
         thr, method = float(threshold_otsu(vals)), "otsu"
+        core = filled >= thr
+    elif threshold_method == "contrast":
+        if baseline != "edge":
+            raise InputError("lattice analysis: threshold_method='contrast' measures the excess over the shell level "
+                             "and needs baseline='edge'; use threshold_method='otsu' or a given threshold with "
+                             f"baseline={baseline!r}.")
+        if not 0 < grow_fraction <= seed_fraction:
+            raise InputError(f"lattice analysis: need 0 < grow_fraction <= seed_fraction, got {grow_fraction!r} "
+                             f"and {seed_fraction!r}.")
+        full = max(float(np.percentile(score[z][cand[z]], 99)) for z in range(score.shape[0]) if cand[z].any())
+        if not full > 0:
+            raise InputError("lattice analysis: the order parameter nowhere exceeds the shell level; no core to separate.")
+        from skimage.filters import apply_hysteresis_threshold
+        thr = grow_fraction * full
+        seed = seed_fraction * full
+        method = f"contrast: full-core excess {full:.4g}, grow {grow_fraction:g} x, seed {seed_fraction:g} x"
+        core = np.stack([apply_hysteresis_threshold(np.where(np.isfinite(f), f, -1e30), thr, seed) for f in filled])
     else:
-        thr, method = float(threshold), "given"
-    core = particle & (np.nan_to_num(score, nan=-np.inf) >= thr)
+        raise InputError(f"lattice analysis: threshold_method must be 'contrast' or 'otsu', got {threshold_method!r}.")
+    core &= cand
     if largest_component and core.any():
-        lab, n = ndimage.label(core)
-        if n > 1:
-            sizes = ndimage.sum_labels(core, lab, index=np.arange(1, n + 1))
-            core = lab == (1 + int(np.argmax(sizes)))
-        core = np.stack([ndimage.binary_fill_holes(c) for c in core])
+        core = _largest_component(core)
     if not core.any():
         raise InputError(f"lattice analysis: no voxel has an order parameter above the threshold {thr:.4g}; no core found.")
     idx = np.argwhere(core)
     cx = origin[0] + sampling[0] * float(idx[:, 1].mean())
     cy = origin[1] + sampling[1] * float(idx[:, 2].mean())
-    g2 = np.asarray(g200_inv_A, dtype=np.float64)
-    sigma = 0.2 * float(np.min(np.hypot(g2[:, 0], g2[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
     return CoreResult(order=order.astype(np.float32), particle_mask=particle, core_mask=core, threshold=thr,
                       threshold_method=method, baseline=base, centroid_A=(cx, cy), centroid_slice=float(idx[:, 0].mean()),
-                      n_voxels=int(core.sum()), g200_inv_A=g2, g220_inv_A=np.asarray(g220_inv_A, dtype=np.float64),
+                      n_voxels=int(core.sum()), g200_inv_A=np.asarray(g200_inv_A, dtype=np.float64),
+                      g220_inv_A=np.asarray(g220_inv_A, dtype=np.float64),
                       mask_sigma_inv_A=sigma, resolution_A=psf_sigma_A(sigma), sampling_A=sampling, origin_A=origin)

@@ -71,7 +71,24 @@ class CoreSettings:
     Attributes
     ----------
     threshold : float or None
-        Threshold on the order parameter (minus the per-slice baseline); None: Otsu.
+        A single threshold on the order parameter (minus the per-slice baseline); None: use
+        ``threshold_method``.
+    threshold_method : str
+        ``"contrast"`` (default): per-slice hysteresis between ``grow_fraction`` and
+        ``seed_fraction`` of the full-core excess (the largest per-slice 99th percentile);
+        ``"otsu"``: one Otsu threshold over all candidate voxels.
+    grow_fraction : float
+        Growth level of the hysteresis, fraction of the full-core excess (a column about half core).
+    seed_fraction : float
+        A slice's core region must reach this fraction of the full-core excess somewhere.
+    smoothing_A : float
+        In-plane Gaussian smoothing of the {200} and {220} magnitudes before their ratio, Angstrom.
+    slice_mixing : float
+        Weight of each neighbouring slice in the volume the magnitudes come from (0: none, 0.25:
+        binomial 1/4, 1/2, 1/4; at most 1/3), against the shell's {200} flicker between slices.
+    edge_exclusion_A : float or None
+        Pixels closer than this to the particle's edge are not core candidates, Angstrom (None:
+        twice the Bragg-filter resolution).
     baseline : str
         ``"edge"``: subtract each slice's shell level (median order parameter in a ring inside the
         particle edge) before thresholding; ``"none"``: threshold the ratio itself (the paper).
@@ -90,6 +107,12 @@ class CoreSettings:
     """
 
     threshold: float | None = None
+    threshold_method: Literal["contrast", "otsu"] = "contrast"
+    grow_fraction: float = 0.4
+    seed_fraction: float = 0.7
+    smoothing_A: float = 2.5
+    slice_mixing: float = 0.25
+    edge_exclusion_A: float | None = None
     baseline: Literal["edge", "none"] = "edge"
     baseline_band_A: tuple[float, float] = (3.0, 10.0)
     mask_sigma_inv_A: float | None = None
@@ -214,9 +237,12 @@ def run_core(volume, sampling_A, settings: CoreSettings | None = None, origin_A=
     lat = find_fluorite_lattice(volume, sampling_A, a_range_A=s.a_range_A, min_snr=s.min_snr)
     check_peaks_present(volume, sampling_A, lat.g200_inv_A, min_snr=3.0, names=["(2, 0)", "(0, 2)"])
     return core_from_volume(volume, sampling_A, lat.g200_inv_A, lat.g220_inv_A, threshold=s.threshold,
-                            baseline=s.baseline, baseline_band_A=s.baseline_band_A,
+                            threshold_method=s.threshold_method, grow_fraction=s.grow_fraction,
+                            seed_fraction=s.seed_fraction, baseline=s.baseline, baseline_band_A=s.baseline_band_A,
                             mask_sigma_inv_A=s.mask_sigma_inv_A, amplitude_threshold=s.amplitude_threshold,
-                            largest_component=s.largest_component, origin_A=origin_A)
+                            smoothing_A=s.smoothing_A, slice_mixing=s.slice_mixing,
+                            edge_exclusion_A=s.edge_exclusion_A, largest_component=s.largest_component,
+                            origin_A=origin_A)
 
 
 def run_dislocations(volume, sampling_A, settings: DislocationSettings | None = None,
