@@ -8,6 +8,19 @@ Method, per slice and for each of two non-collinear reflections ``g_i``:
 2. Local frequency ``g_i(r) = grad(arg B_i) / (2 pi)``, from ``angle(B[i+1] conj(B[i-1]))`` so that
    no phase unwrapping is needed (this is ``g_i + grad P_i / (2 pi)`` with the geometric phase
    ``P_i``).
+   **Smoothing** (``smoothing_A``, default 3.4 A): each component of ``g_i(r)`` is then smoothed
+   by a Gaussian of ``smoothing_A`` weighted by ``|B_i|`` (normalised convolution), and the Bragg
+   mask is wider (default 15 % of the shorter ``|g|``, 2.05 A point spread for {220}). The maps'
+   resolution is ``sqrt(psf^2 + smoothing_A^2)`` (default 4.0 A). Why: the phase gradient of a
+   Bragg image blurred by a narrow mask responds nonlinearly to strong gradients (dislocation
+   fields ``~ b / 2 pi r``), with an error ``~ psf^2`` times the field's curvature, whereas a linear
+   smoothing of the local frequency is what the resolution-matched truth assumes; and the simulator's
+   frozen thermal displacements (0.08 A per atom, about 0.04 A per 12 A column) give a strain noise
+   ``~ 0.045 A / sqrt(8 pi rho) / sigma^2`` (``rho`` = 0.27 columns per A^2): 0.25 % at a 3.1 A
+   resolution, 0.15 % at 4 A. On the simulator's true volume the resolution-matched dilation RMS
+   (away from dislocation cores and the core interface) goes from 0.34 % / 0.50 % (pristine /
+   cracked, one 3.1 A mask) to 0.22 % / 0.28 %. ``smoothing_A=0`` with ``mask_sigma_inv_A`` =
+   10 % of ``|g|`` is the classic single-mask GPA (3.1 A).
 3. Deformation gradient relative to the reference lattice (reciprocal vectors as rows of
    ``G_ref``): ``F = G_loc^-1 G_ref``, which maps the reference lattice's real-space vectors onto the
    local ones (exact for uniform dilation and rotation, and equal to Hytch's
@@ -95,7 +108,8 @@ class StrainResult:
     reference : str
         How the reference was chosen (human-readable).
     mask_sigma_inv_A, resolution_A : float
-        Bragg-mask width (1/A) and the resulting real-space resolution (A).
+        Bragg-mask width (1/A) and the maps' real-space resolution (A): the standard deviation of
+        the mask's point spread and the local-frequency smoothing combined in quadrature.
     amplitude_threshold : float
     sampling_A : (float, float)
     origin_A : (float, float)
@@ -118,6 +132,40 @@ class StrainResult:
     sampling_A: tuple[float, float]
     origin_A: tuple[float, float] = (0.0, 0.0)
     extra: dict = field(default_factory=dict)
+
+
+GPA_MASK_FRACTION = 0.15
+"""Default Bragg-mask width of :func:`gpa_strain`, fraction of the shorter ``|g|``."""
+
+
+def smooth_local_lattice(g_local, amplitude, smoothing_A: float, sampling_A):
+    """Amplitude-weighted Gaussian smoothing of local reciprocal vectors, in place and returned.
+
+    Parameters
+    ----------
+    g_local : ndarray (nz, 2, 2, nx, ny)
+        Local vectors of two reflections, 1/A (from :func:`local_lattice`).
+    amplitude : ndarray (nz, 2, nx, ny)
+        Their Bragg amplitudes, the weights (``|B_i|``).
+    smoothing_A : float
+        Gaussian standard deviation, A (0: no smoothing).
+    sampling_A : float or (float, float)
+        Pixel size, A.
+    """
+    if not (np.isfinite(smoothing_A) and smoothing_A >= 0):
+        raise InputError(f"lattice analysis: smoothing_A must be a non-negative length in Angstrom, got {smoothing_A!r}.")
+    if smoothing_A == 0:
+        return g_local
+    from scipy import ndimage
+    dx, dy = as_sampling(sampling_A)
+    sig = (float(smoothing_A) / dx, float(smoothing_A) / dy)
+    for z in range(g_local.shape[0]):
+        for i in range(2):
+            w = amplitude[z, i].astype(np.float64)
+            den = np.maximum(ndimage.gaussian_filter(w, sig), np.finfo(np.float64).tiny)
+            for c in range(2):
+                g_local[z, i, c] = ndimage.gaussian_filter(g_local[z, i, c] * w, sig) / den
+    return g_local
 
 
 def local_lattice(volume, sampling_A, g_vectors_inv_A, mask_sigma_inv_A: float | None = None):
@@ -183,7 +231,7 @@ def _weighted_mean_g(g_local, amp, mask):
 
 
 def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A: float | None = None,
-               reference: str = "lattice", reference_a_A: float = A_CAF2_A,
+               smoothing_A: float = 3.4, reference: str = "lattice", reference_a_A: float = A_CAF2_A,
                reference_angle_deg: float | None = None, reference_mask=None, reference_g_inv_A=None,
                amplitude_threshold: float = 0.3, origin_A=(0.0, 0.0)) -> StrainResult:
     """Geometric phase analysis of every slice (see the module doc for method and conventions).
@@ -199,7 +247,9 @@ def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A
     hk : (2, 2), optional
         Their Miller indices (needed by ``reference="lattice"``), e.g. ``[[2, 2], [-2, 2]]``.
     mask_sigma_inv_A : float, optional
-        Gaussian Bragg-mask width, 1/A (default 10 % of the shorter ``|g|``).
+        Gaussian Bragg-mask width, 1/A (default :data:`GPA_MASK_FRACTION` = 15 % of the shorter ``|g|``).
+    smoothing_A : float
+        Amplitude-weighted Gaussian smoothing of the local reciprocal vectors, A (module doc; 0: none).
     reference : {"lattice", "region"}
         Zero-strain reference (module doc).
     reference_a_A : float
@@ -224,8 +274,9 @@ def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A
     sampling = as_sampling(sampling_A)
     origin = as_origin(origin_A)
     g = check_g_vectors(g_vectors_inv_A)
-    sigma = default_mask_sigma(g) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sigma = GPA_MASK_FRACTION * float(np.min(np.hypot(g[:, 0], g[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
     gl, amp = local_lattice(v, sampling, g, sigma)
+    smooth_local_lattice(gl, amp, smoothing_A, sampling)
     levels = np.array([lattice_level(amp[:, i]) for i in range(2)])
     if not np.all(levels > 0):
         raise InputError("lattice analysis: a chosen reflection has zero Bragg amplitude everywhere; the peak is absent.")
@@ -270,7 +321,7 @@ def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A
                         rotation_deg=out["rotation_deg"], amplitude=rel.astype(np.float32), mask=mask,
                         g_vectors_inv_A=g, reference_g_inv_A=np.asarray(gref, dtype=np.float64),
                         hk=None if hk is None else np.asarray(hk, dtype=np.float64), reference=desc,
-                        mask_sigma_inv_A=sigma, resolution_A=psf_sigma_A(sigma),
+                        mask_sigma_inv_A=sigma, resolution_A=float(np.hypot(psf_sigma_A(sigma), smoothing_A)),
                         amplitude_threshold=float(amplitude_threshold), sampling_A=sampling, origin_A=origin)
 
 
