@@ -154,6 +154,31 @@ def test_edge_dislocation_sign_on_image():
     assert np.hypot(p["x_A"][0] - DX * n / 2 - 0.05, p["y_A"][0] - DX * n / 2 - 0.07) < 1.5
 
 
+def test_only_lattice_burgers_vectors_with_translation_check():
+    """With the {200} pair as translation_g_inv_A, b = a/2 [100] (a translation of the projected
+    fluorite lattice) is kept and b = a/4 [110] (cation onto anion columns: no closed circuit in the
+    crystal gives it) is dropped; without it both are reported."""
+    from msptycho.lattice.synthetic import _edge_u
+    n = 256
+    x = DX * np.arange(n)[:, None] - DX * n / 2 + 0.05 + 0 * np.arange(n)[None, :]
+    y = DX * np.arange(n)[None, :] - DX * n / 2 + 0.07 + 0 * np.arange(n)[:, None]
+    g220, g200 = ideal_g(A, 0.0, HK_220), ideal_g(A, 0.0, HK_200)
+    for b, kept in ((np.array([A / 2, 0.0]), True), (np.array([A / 4, A / 4]), False)):
+        ux, uy = _edge_u(x, y, b, 0.3)
+        img = sum(np.cos(2 * np.pi * (g[0] * (x - ux) + g[1] * (y - uy))) for g in g220)
+        every = find_dislocations(img, DX, g220, keep_maps=False)
+        checked = find_dislocations(img, DX, g220, keep_maps=False, translation_g_inv_A=g200)
+
+        def central(r):  # the image's periodic edges cut the branch cut: only the core counts
+            p = r.points
+            return np.flatnonzero(np.hypot(p["x_A"] - DX * n / 2, p["y_A"] - DX * n / 2) < 5.0)
+
+        k = central(every)
+        assert len(k) == 1
+        assert np.allclose([every.points["bx_A"][k[0]], every.points["by_A"][k[0]]], b, atol=1e-6)
+        assert len(central(checked)) == (1 if kept else 0)
+
+
 def test_link_lines_and_matching():
     s = np.array([0, 1, 2, 4, 0, 1])
     xy = np.array([[0, 0], [0.5, 0], [1.0, 0.2], [1.2, 0.0], [10, 10], [10, 12]], float)

@@ -149,6 +149,10 @@ class DislocationSettings:
         Largest in-plane step between linked positions of neighbouring slices, Angstrom.
     max_gap_slices : int
         Slices a 3-D line may skip.
+    lattice_burgers_only : bool
+        Keep only points whose Burgers vector is a translation of the projected fluorite lattice
+        (a/2 <100> combinations); others (e.g. a/4 <110> from circuits around crack tips or through
+        the surface) are dropped.
     store_maps : bool
         Write the Bragg amplitude and phase maps into dislocations.h5.
     a_range_A : tuple of two float
@@ -165,6 +169,7 @@ class DislocationSettings:
     merge_radius_A: float = 7.0
     link_radius_A: float = 3.0
     max_gap_slices: int = 1
+    lattice_burgers_only: bool = True
     store_maps: bool = True
     a_range_A: tuple[float, float] = (5.3, 5.9)
     min_snr: float = 50.0
@@ -259,7 +264,9 @@ def run_dislocations(volume, sampling_A, settings: DislocationSettings | None = 
     return find_dislocations(volume, sampling_A, g, mask_sigma_inv_A=s.mask_sigma_inv_A,
                              amplitude_threshold=s.amplitude_threshold, amplitude_smoothing_A=s.amplitude_smoothing_A,
                              merge_radius_A=s.merge_radius_A, link_radius_A=s.link_radius_A,
-                             max_gap_slices=s.max_gap_slices, origin_A=origin_A, keep_maps=s.store_maps)
+                             max_gap_slices=s.max_gap_slices,
+                             translation_g_inv_A=lat.g200_inv_A if s.lattice_burgers_only else None,
+                             origin_A=origin_A, keep_maps=s.store_maps)
 
 
 def run_surface(volume, sampling_A, slice_thickness_A: float, settings: SurfaceSettings | None = None,
