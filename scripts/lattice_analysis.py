@@ -26,11 +26,14 @@ try:
     out = snakemake.output
     if name == "strain":
         result, lat = lattice.run_strain(V, **grid)
-        log.info("lattice a = %.4f A at %.2f deg; g = %s 1/A", lat.a_A, lat.angle_deg, result.g_vectors_inv_A.tolist())
+        log.info("lattice a = %.4f A at %.2f deg; g = %s 1/A; resolution %.2f A; reference %s", lat.a_A,
+                 lat.angle_deg, result.g_vectors_inv_A.tolist(), result.resolution_A, result.reference)
         aio.write_strain(out.strain, result, prov)
     elif name == "core":
         result = lattice.run_core(V, **grid)
-        log.info("core centroid: slice %.2f, (x, y) = %s A", result.centroid_slice, result.centroid_A)
+        log.info("core centroid: slice %.2f, (x, y) = %s A; threshold %.4g (%s); per-slice shell level %s",
+                 result.centroid_slice, result.centroid_A, result.threshold, result.threshold_method,
+                 [round(float(b), 4) for b in result.baseline])
         aio.write_core(out.core, result, prov, slice_thickness_A=rec.slice_thickness_A)
     elif name == "dislocations":
         result = lattice.run_dislocations(V, **grid)

@@ -18,9 +18,11 @@ in-plane Burgers vector defined by ``oint du = b`` on a counter-clockwise circui
    axes) a point is kept only if ``G . b`` is an integer for both: a closed Burgers circuit around a
    perfect dislocation gives a lattice translation. With the {220} pair a winding such as
    ``(1, 0)`` means ``b = a/4 <110>``, which maps cation columns onto anion columns: it comes from a
-   circuit that is not closed in the crystal (around a crack tip or through a surface) or from a
-   partial bounding a fault, not from a perfect dislocation (on the simulator's cracked particle the
-   three points dropped this way lay in the crack gap and 1.4 A below the surface).
+   circuit that is not closed in the crystal (around a crack tip, through a surface, at a line's
+   end) or from a partial bounding a fault. Such a point is kept only within ``link_radius_A`` of a
+   lattice-translation point in a neighbouring slice (the same line, its circuit cut where it
+   meets a surface); the others are dropped (on the simulator's cracked particle: the two points
+   in the crack gap near its tip).
 4. Positions in consecutive slices (gaps up to ``max_gap_slices``) with the same windings within
    ``link_radius_A`` are linked into lines (optimal assignment per slice).
 """
@@ -147,6 +149,19 @@ def link_lines(slices, xy_A, windings, link_radius_A: float = 3.0, max_gap_slice
     return ids
 
 
+def _keep_lattice_points(slices, x_A, y_A, is_translation, radius_A: float) -> np.ndarray:
+    """Points to keep: those whose Burgers vector is a lattice translation, and the others that lie
+    within ``radius_A`` of such a point in a neighbouring slice (the same line, its circuit cut by a
+    surface or at the line's end)."""
+    keep = np.asarray(is_translation, dtype=bool).copy()
+    good = np.flatnonzero(keep)
+    for k in np.flatnonzero(~keep):
+        nb = good[np.abs(slices[good] - slices[k]) == 1]
+        if nb.size and np.min(np.hypot(x_A[nb] - x_A[k], y_A[nb] - y_A[k])) <= radius_A:
+            keep[k] = True
+    return keep
+
+
 def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: float | None = None,
                       amplitude_threshold: float = 0.4, amplitude_smoothing_A: float = 3.0,
                       merge_radius_A: float = 7.0, link_radius_A: float = 3.0, max_gap_slices: int = 1,
@@ -178,8 +193,9 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
         Slices a line may skip.
     translation_g_inv_A : (2, 2), optional
         Reciprocal vectors (1/A) of the projected translation lattice; points whose Burgers vector
-        is not a translation of it (``G . b`` not an integer within 0.25) are dropped (module doc).
-        None: every nonzero winding is kept.
+        is not a translation of it (``G . b`` not an integer within 0.25) are dropped unless a
+        lattice-translation point of a neighbouring slice lies within ``link_radius_A`` (module
+        doc). None: every nonzero winding is kept.
     origin_A : (float, float)
         Position of pixel (0, 0), A.
     keep_maps : bool
@@ -222,6 +238,7 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
     significant = np.stack([remove_small_holes(m, max_size=max_hole_px) for m in significant])
     plaq_sig = significant[:, :-1, :-1] & significant[:, 1:, :-1] & significant[:, 1:, 1:] & significant[:, :-1, 1:]
     rows = {k: [] for k in POINT_FIELDS if k != "line_id"}
+    rows["translation"] = []
     for z in range(nz):
         found = []
         for i in range(2):
@@ -242,8 +259,7 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
             bvec = burgers_vectors([[n1, n2]], g)[0]
             if gt is not None:
                 p = gt @ bvec
-                if np.any(np.abs(p - np.rint(p)) > 0.25):
-                    continue
+                rows["translation"].append(bool(np.all(np.abs(p - np.rint(p)) <= 0.25)))
             rows["slice"].append(z)
             rows["x_A"].append(float(f[m, 0].mean()))
             rows["y_A"].append(float(f[m, 1].mean()))
@@ -251,6 +267,10 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
             rows["winding_2"].append(n2)
             rows["bx_A"].append(float(bvec[0]))
             rows["by_A"].append(float(bvec[1]))
+    if gt is not None and rows["slice"]:
+        keep = _keep_lattice_points(np.asarray(rows["slice"]), np.asarray(rows["x_A"]), np.asarray(rows["y_A"]),
+                                    np.asarray(rows["translation"]), link_radius_A)
+        rows = {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in rows.items()}
     points = {"slice": np.asarray(rows["slice"], dtype=np.int64),
               "x_A": np.asarray(rows["x_A"], dtype=np.float64), "y_A": np.asarray(rows["y_A"], dtype=np.float64),
               "winding_1": np.asarray(rows["winding_1"], dtype=np.int64),

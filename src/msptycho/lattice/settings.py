@@ -94,6 +94,9 @@ class CoreSettings:
     edge_exclusion_A : float or None
         Pixels closer than this to the particle's edge are not core candidates, Angstrom (None:
         twice the Bragg-filter resolution).
+    opening_A : float or None
+        Disc radius of a per-slice morphological opening of the core mask, Angstrom (None: twice
+        the Bragg-filter resolution; 0: none): removes appendages around dislocation cores.
     baseline : str
         ``"edge"``: subtract each slice's shell level (median order parameter in a ring inside the
         particle edge) before thresholding; ``"none"``: threshold the ratio itself (the paper).
@@ -118,6 +121,7 @@ class CoreSettings:
     smoothing_A: float = 2.5
     slice_mixing: float = 0.25
     edge_exclusion_A: float | None = None
+    opening_A: float | None = None
     baseline: Literal["edge", "none"] = "edge"
     baseline_band_A: tuple[float, float] = (3.0, 10.0)
     mask_sigma_inv_A: float | None = None
@@ -150,9 +154,9 @@ class DislocationSettings:
     max_gap_slices : int
         Slices a 3-D line may skip.
     lattice_burgers_only : bool
-        Keep only points whose Burgers vector is a translation of the projected fluorite lattice
-        (a/2 <100> combinations); others (e.g. a/4 <110> from circuits around crack tips or through
-        the surface) are dropped.
+        Drop points whose Burgers vector is not a translation of the projected fluorite lattice
+        (a/2 <100> combinations; e.g. a/4 <110> from circuits around crack tips) unless a
+        lattice-translation point of a neighbouring slice lies within link_radius_A.
     store_maps : bool
         Write the Bragg amplitude and phase maps into dislocations.h5.
     a_range_A : tuple of two float
@@ -251,7 +255,8 @@ def run_core(volume, sampling_A, settings: CoreSettings | None = None, origin_A=
                             seed_fraction=s.seed_fraction, baseline=s.baseline, baseline_band_A=s.baseline_band_A,
                             mask_sigma_inv_A=s.mask_sigma_inv_A, amplitude_threshold=s.amplitude_threshold,
                             smoothing_A=s.smoothing_A, slice_mixing=s.slice_mixing,
-                            edge_exclusion_A=s.edge_exclusion_A, largest_component=s.largest_component,
+                            edge_exclusion_A=s.edge_exclusion_A, opening_A=s.opening_A,
+                            largest_component=s.largest_component,
                             origin_A=origin_A)
 
 
