@@ -36,8 +36,9 @@ one). On simulated data the truth to compare with is ``defocus_parallax_A`` of
 :func:`msptycho.simulate.truth.defocus_reference_planes`, not the entrance-surface defocus. A
 crystal whose lattice orientation changes with depth (a twisted shell) makes the layers' lattice
 fringes, aliased by the scan step, move not quite along ``k``; what the notch (below) leaves of
-them biases the fitted rotation (default pristine sample, shell twisted by 1.5 deg: 1.4 deg; the
-same sample simulated without the twist: 0.6 deg; truth 0).
+them biases the fitted rotation (default pristine sample, shell twisted by 1.5 deg: 0.6 deg; the
+same sample simulated without the twist: -0.25 deg; truth 0; with the former ``smooth_px`` of 1.0:
+1.4 and 0.6 deg). :mod:`msptycho.calibrate` refines the rotation.
 
 Method:
 
