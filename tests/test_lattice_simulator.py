@@ -1,8 +1,11 @@
 """The lattice analyses on the simulator's true potential volume (msptycho.simulate, no 4D-STEM):
 the method's own error on Kirkland potentials with thermal displacements, 12 A slices, twist,
-off-zone tilt, crack and dislocations. Numbers are printed (run with -s); the bounds are
-regression bounds at the measured level, looser than the issue's targets where the report
-explains why (slice-content effects of 12 A slices, singular strain at dislocation cores)."""
+off-zone tilt, crack and dislocations. Numbers are printed (run with -s). The issue's targets are
+asserted for the core (IoU 0.8, centroid within a slice), the dislocations (precision and recall
+0.9 within 3 A) and the strain against the truth blurred to the GPA resolution (dilation 0.3 %,
+rotation 0.2 deg away from dislocation cores and the core interface); the raw strain bound is a
+looser regression bound (the raw truth has the singular strain of dislocations and the 1/r^3 misfit
+field, which no 4 A method resolves)."""
 
 import numpy as np
 import pytest
@@ -49,14 +52,17 @@ def test_on_simulator_truth(cracked_truth):
     surf = surface_from_volume(V, s, lat.g220_inv_A, slice_thickness_A=t.slice_thickness_A, origin_A=o)
     ms = validate_surface(surf, t.particle_mask)
     print(f"  surface: IoU {ms['surface_iou']:.3f}")
-    d = find_dislocations(V, s, lat.g220_inv_A, origin_A=o, keep_maps=False)
+    d = find_dislocations(V, s, lat.g220_inv_A, origin_A=o, keep_maps=False, translation_g_inv_A=lat.g200_inv_A)
     md = validate_dislocations(d, dis["slice"], dis["x_A"], dis["y_A"])
     print(f"  dislocations: precision {md['precision']:.3f}, recall {md['recall']:.3f} "
           f"({md['n_found']} found, {md['n_true']} true, mean distance {md['mean_distance_A']:.2f} A)")
     assert m["rotation_rms_deg"] <= 0.3 and m_far["dilation_rms"] <= 0.008
-    assert abs(mc["centroid_slice_error"]) <= 1.0 and mc["core_iou"] >= 0.5
+    # the issue's targets (0.3 %, 0.2 deg) against the truth blurred to the GPA resolution (4 A)
+    assert m_far["dilation_rms_resolution_matched"] <= 0.003
+    assert m_far["rotation_rms_resolution_matched_deg"] <= 0.2
+    assert abs(mc["centroid_slice_error"]) <= 1.0 and mc["core_iou"] >= 0.8
     assert ms["surface_iou"] >= 0.7
-    assert md["precision"] >= 0.8 and md["recall"] >= 0.9
+    assert md["precision"] >= 0.9 and md["recall"] >= 0.9
     from msptycho.lattice import validate_against_truth
     allm = validate_against_truth(t, strain=res, core=core, dislocations=d, surface=surf)
     assert allm["strain"]["rotation_rms_deg_no_dislocation_cores"] == pytest.approx(m["rotation_rms_deg"])
