@@ -21,7 +21,8 @@ prov = Provenance.collect("simulate", {"simulation": dataclasses.asdict(params),
                                        "recon_slice_thickness_A": snakemake.params.recon_slice_thickness_A},
                           seed=params.seed, project_dir=f"{snakemake.scriptdir}/..")
 log.info("simulating %s (preset %s, seed %d)", params.name, snakemake.params.preset, params.seed)
-result = simulate_sample(params, recon_slice_thickness_A=snakemake.params.recon_slice_thickness_A, logger=log)
+result = simulate_sample(params, recon_slice_thickness_A=snakemake.params.recon_slice_thickness_A, logger=log,
+                         workers=snakemake.threads)
 out = snakemake.output
 write_simulation(result, out.datacube, out.scan_pair, out.vacuum_probe, out.truth, prov)
 simulation_overview(result.truth, result.scan_pair.images, result.datacube.mean(axis=(0, 1)), result.vacuum_probe,

@@ -72,7 +72,7 @@ rule calibrate:
         calibrate=section("calibrate"),
         reconstruct=section("reconstruct"),
         seed=config["seed"],
-    threads: ALL_CORES
+    threads: SAMPLE_THREADS
     log:
         "logs/{sample}/calibrate.log",
     resources:

@@ -38,6 +38,13 @@ DRIFT_SAMPLES = [s for s in SAMPLES if scan_pair_file(s)]
 # Threads of the rules that use every core they get: a local run caps them at --cores, a cluster
 # profile sets them per rule (set-threads), so none needs the total number of cores up front.
 ALL_CORES = 64
+# The heavy per-sample rules (simulate, calibrate, reconstruct) share a local run's cores equally
+# among the samples, so the samples advance side by side (on 2 cores two 1-thread jobs finish
+# sooner than two 2-thread jobs in turn: none of them scales perfectly); a cluster profile's
+# set-threads overrides this.
+SAMPLE_THREADS = max(
+    1, min(ALL_CORES, (workflow.cores or ALL_CORES) // max(1, len(config["samples"])))
+)
 
 
 def truth_file(wildcards):

@@ -53,7 +53,7 @@ else:
             reconstruct=section("reconstruct"),
             seed=config["seed"],
             backend="cpu",
-        threads: ALL_CORES
+        threads: SAMPLE_THREADS
         log:
             "logs/{sample}/reconstruct.log",
         resources:

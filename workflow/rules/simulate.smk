@@ -16,7 +16,7 @@ rule simulate:
         overrides=lambda wildcards: config["samples"][wildcards.sample].get("simulation", {}),
         recon_slice_thickness_A=section("reconstruct").get("slice_thickness_A", 12.0),
         seed=config["seed"],
-    threads: 2
+    threads: SAMPLE_THREADS
     log:
         "logs/{sample}/simulate.log",
     resources:

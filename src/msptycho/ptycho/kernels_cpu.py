@@ -25,6 +25,7 @@ import os
 # kernel; a value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
@@ -597,7 +598,7 @@ class CPUBackend:
     Parameters
     ----------
     workers : int
-        FFT threads; 0 means ``os.cpu_count()``.
+        FFT and kernel threads; 0 means ``os.cpu_count()`` (kernels: at most Numba's thread count).
     fft_library : str
         ``"auto"`` (FFTW if available, else pocketfft), ``"fftw"``, ``"pocketfft"`` or ``"numpy"``.
     """
@@ -606,6 +607,8 @@ class CPUBackend:
 
     def __init__(self, workers: int = 0, fft_library: str = "auto"):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
+        # the kernels use as many threads as the FFTs (a rule given 1 thread of 2 uses 1)
+        numba.set_num_threads(max(1, min(self.workers, numba.config.NUMBA_NUM_THREADS)))
         self._pfft = _pocketfft()
         self._fftw = _pyfftw() if fft_library in ("auto", "fftw") else None
         if fft_library == "fftw" and self._fftw is None:

@@ -68,7 +68,7 @@ class ReconstructionParameters:
     object_margin_px : int
         Pixels of object beyond the outermost windows.
     fft_workers : int
-        FFT threads (0: all cores). Does not change the result.
+        FFT and Numba kernel threads (0: all cores). Does not change the result.
     fft_library : str
         ``"auto"`` (FFTW through pyfftw when installed, else scipy's pocketfft), ``"fftw"``,
         ``"pocketfft"`` or ``"numpy"``. Libraries differ in the last bits of the result.

@@ -115,7 +115,7 @@ def calibration_of(params: SimulationParameters) -> Calibration:
 
 
 def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float = 12.0,
-                    logger: logging.Logger | None = None) -> SimulationResult:
+                    logger: logging.Logger | None = None, workers: int = -1) -> SimulationResult:
     """Simulate one sample: atoms, 4D-STEM datacube, vacuum probe, HAADF scan pair and truth.
 
     Parameters
@@ -126,6 +126,8 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
         Slice thickness of the reconstruction the truth is prepared for, Angstrom.
     logger : logging.Logger, optional
         Receives progress lines (default ``logging.getLogger("msptycho.simulate")``).
+    workers : int
+        FFT threads of the multislice (scipy.fft's ``workers``: -1 means every core).
 
     Returns
     -------
@@ -154,7 +156,7 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
     sl = np.clip(np.floor(model.positions_A[:, 2] / dz).astype(np.int64), 0, n_sl - 1)
     pot = project_atoms_fourier(model.positions_A[:, :2], model.Z, sl, n_sl, shape, p.sim_sampling_A, origin)
     occ = occupied_boxes(pot)
-    trans = transmission_functions(pot, p.energy_eV, p.sim_sampling_A)
+    trans = transmission_functions(pot, p.energy_eV, p.sim_sampling_A, workers=workers)
     del pot
     timings["potential"] = time.perf_counter() - t1
     log.info("%s: %d slices of %.2f A on %d x %d pixels of %.3f A in %.1f s", p.name, n_sl, dz, shape[0], shape[1],
@@ -163,7 +165,7 @@ def simulate_sample(params: SimulationParameters, recon_slice_thickness_A: float
     t2 = time.perf_counter()
     sim = PatternSimulator(trans, np.full(n_sl, dz), p.sim_sampling_A, origin, p.window_px, p.energy_eV,
                            p.semiangle_mrad, aberrations_of(p), p.detector_pixels, p.detector_mrad_per_pixel,
-                           p.aperture_edge_mrad, occupied=occ)
+                           p.aperture_edge_mrad, occupied=occ, workers=workers)
     nx, ny = true_pos.shape[:2]
     flat = true_pos.reshape(-1, 2)
     nq = p.detector_pixels
