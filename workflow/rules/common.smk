@@ -1,4 +1,5 @@
 # Shared helpers: config validation, sample table, input functions.
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
@@ -42,9 +43,15 @@ ALL_CORES = 64
 # among the samples, so the samples advance side by side (on 2 cores two 1-thread jobs finish
 # sooner than two 2-thread jobs in turn: none of them scales perfectly); a cluster profile's
 # set-threads overrides this.
-SAMPLE_THREADS = max(
-    1, min(ALL_CORES, (workflow.cores or ALL_CORES) // max(1, len(config["samples"])))
-)
+def _local_cores():
+    """--cores of a local run; ALL_CORES where none is given (cluster runs, --report, --lint)."""
+    try:
+        return int(workflow.cores)
+    except WorkflowError:
+        return ALL_CORES
+
+
+SAMPLE_THREADS = max(1, min(ALL_CORES, _local_cores() // max(1, len(config["samples"]))))
 
 
 def truth_file(wildcards):
