@@ -303,3 +303,35 @@ def test_affine_position_fit_and_iteration_log(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
     assert len(lines) == FAST["num_iterations"]
     assert all(" error " in l and " step " in l and " seconds " in l for l in lines)
+
+
+def test_a_slab_acts_at_its_mid_plane():
+    """The reference plane of the probe's defocus (msptycho.simulate.truth.defocus_reference_planes):
+    two weak-phase layers at 2 and 10 A below the entrance surface (defocus D there), modelled as
+    the engine does, by one 12 A slab whose summed potential acts at its top plane, fit the data
+    best with the probe's defocus at the slab's mid-plane, D - 6 A."""
+    rng = np.random.default_rng(3)
+    pos_A = fw.scan_positions_A((4, 4), 1.0)
+    shape, origin = fw.object_geometry(pos_A, SAMPLING, N_WIN, 3)
+    pp = fw.positions_to_pixels(pos_A, origin, SAMPLING)
+    layers = [smooth_random(shape, rng, 1.0, 1.0) for _ in range(2)]
+    layers = [0.15 / SIGMA * (v - v.mean()) / v.std() for v in layers]   # 0.15 rad RMS phase each
+
+    def probe(defocus_A):
+        return fw.probe_from_aberrations(N_WIN, SAMPLING, E, 25.0, physics.Aberrations(defocus_A=defocus_A),
+                                         1000.0).astype(complex)
+
+    D, z1, z2, dz = 100.0, 2.0, 10.0, 12.0
+    # data: the probe propagated to the first layer (defocus D - z1 there), the second 8 A below it
+    amps = np.sqrt(fw.reference_patterns(np.stack(layers), probe(D - z1), pp, SIGMA,
+                                         fw.propagator(N_WIN, SAMPLING, LAM, z2 - z1)))
+    slab = np.stack([layers[0] + layers[1]])
+    trial = np.arange(D - dz, D + 0.1, 1.0)
+    loss = [fw.amplitude_loss(fw.reference_patterns(slab, probe(d), pp, SIGMA,
+                                                    fw.propagator(N_WIN, SAMPLING, LAM, dz)), amps) for d in trial]
+    k = int(np.argmin(loss))
+    assert 0 < k < len(trial) - 1
+    # vertex of the parabola through the minimum and its neighbours
+    l0, l1, l2 = loss[k - 1:k + 2]
+    best = trial[k] + 0.5 * (l0 - l2) / (l0 - 2 * l1 + l2)
+    assert abs(best - (D - dz / 2)) < 0.5, best
