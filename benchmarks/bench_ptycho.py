@@ -39,7 +39,7 @@ CASES = {
     "paper": dict(scan=(100, 100), n=128, nz=36, iterations=1, py4dstem_batches=12),
 }
 E_EV, SEMI_MRAD, MPP, STEP_A, DEFOCUS_A, DOSE = 300e3, 25.0, 100 / 128, 2.0, 120.0, 5e3
-VENV_PY = "/work/venvs/py4dstem/bin/python"
+VENV_PY = os.environ.get("PY4DSTEM_PYTHON", "/work/venvs/py4dstem/bin/python")
 
 
 def synthetic_datacube(scan, n, seed=0):

@@ -31,16 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-VENV_PY = os.environ.get("PY4DSTEM_PYTHON", "/work/venvs/py4dstem/bin/python")
+from bench_ptycho import VENV_PY, thread_env
+
 HERE = Path(__file__).resolve().parent
-
-
-def thread_env(threads: int) -> dict:
-    env = dict(os.environ)
-    if threads:
-        for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[k] = str(threads)
-    return env
 
 
 def main(argv=None):
@@ -51,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--keep", default=None, help="directory to keep both reconstructions in")
     a = ap.parse_args(argv)
     if a.threads:
-        os.environ.update({k: v for k, v in thread_env(a.threads).items() if k.endswith("_THREADS")})
+        os.environ.update(thread_env(a.threads))
 
     from msptycho import physics
     from msptycho.io import read_datacube

@@ -86,10 +86,23 @@ def coordinates(shape: tuple[int, int], sampling_A, origin_A=(0.0, 0.0)) -> tupl
     return ox + dx * np.arange(shape[0])[:, None], oy + dy * np.arange(shape[1])[None, :]
 
 
-def default_mask_sigma(g_vectors_inv_A) -> float:
-    """Default Gaussian Bragg-mask width: 10 % of the shortest ``|g|`` (1/A)."""
+def default_mask_sigma(g_vectors_inv_A, given: float | None = None, fraction: float = 0.1) -> float:
+    """Gaussian Bragg-mask width (1/A): ``given`` if it is not None, else ``fraction`` (default
+    10 %) of the shortest ``|g|``."""
+    if given is not None:
+        return float(given)
     g = np.atleast_2d(np.asarray(g_vectors_inv_A, dtype=np.float64))
-    return 0.1 * float(np.min(np.hypot(g[:, 0], g[:, 1])))
+    return fraction * float(np.min(np.hypot(g[:, 0], g[:, 1])))
+
+
+def normalized_gaussian(values, weights, sigma_px):
+    """Normalised convolution: ``G * (weights values) / G * weights`` with a Gaussian ``G`` of
+    standard deviations ``sigma_px`` (pixels, one per axis; 0 leaves an axis alone), so that
+    pixels of small or zero weight neither pull the average down nor count."""
+    from scipy import ndimage
+    w = np.asarray(weights, dtype=np.float64)
+    num = ndimage.gaussian_filter(np.asarray(values, dtype=np.float64) * w, sigma_px)
+    return num / np.maximum(ndimage.gaussian_filter(w, sigma_px), np.finfo(np.float64).tiny)
 
 
 def psf_sigma_A(mask_sigma_inv_A: float) -> float:

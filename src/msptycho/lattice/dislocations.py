@@ -209,7 +209,7 @@ def find_dislocations(volume, sampling_A, g_vectors_inv_A, *, mask_sigma_inv_A: 
     dx, dy = as_sampling(sampling_A)
     ox, oy = as_origin(origin_A)
     g = check_g_vectors(g_vectors_inv_A)
-    sigma = 2.0 * default_mask_sigma(g) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sigma = default_mask_sigma(g, mask_sigma_inv_A, fraction=0.2)
     gt = None if translation_g_inv_A is None else check_g_vectors(translation_g_inv_A, name="translation_g_inv_A")
     nz, nx, ny = v.shape
     amp = np.empty((nz, 2, nx, ny), dtype=np.float32)

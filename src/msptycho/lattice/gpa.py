@@ -55,7 +55,7 @@ import numpy as np
 
 from ..io.datacube import InputError
 from ._common import (as_origin, as_sampling, bragg_filter, check_g_vectors, check_volume,
-                      default_mask_sigma, lattice_level, local_frequency, psf_sigma_A)
+                      default_mask_sigma, lattice_level, local_frequency, normalized_gaussian, psf_sigma_A)
 from .peaks import A_CAF2_A, check_peaks_present, find_fluorite_lattice, fit_square_lattice, ideal_g
 
 
@@ -156,15 +156,12 @@ def smooth_local_lattice(g_local, amplitude, smoothing_A: float, sampling_A):
         raise InputError(f"lattice analysis: smoothing_A must be a non-negative length in Angstrom, got {smoothing_A!r}.")
     if smoothing_A == 0:
         return g_local
-    from scipy import ndimage
     dx, dy = as_sampling(sampling_A)
     sig = (float(smoothing_A) / dx, float(smoothing_A) / dy)
     for z in range(g_local.shape[0]):
         for i in range(2):
-            w = amplitude[z, i].astype(np.float64)
-            den = np.maximum(ndimage.gaussian_filter(w, sig), np.finfo(np.float64).tiny)
             for c in range(2):
-                g_local[z, i, c] = ndimage.gaussian_filter(g_local[z, i, c] * w, sig) / den
+                g_local[z, i, c] = normalized_gaussian(g_local[z, i, c], amplitude[z, i], sig)
     return g_local
 
 
@@ -191,7 +188,7 @@ def local_lattice(volume, sampling_A, g_vectors_inv_A, mask_sigma_inv_A: float |
     """
     v = check_volume(volume)
     g = check_g_vectors(g_vectors_inv_A)
-    sigma = default_mask_sigma(g) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sigma = default_mask_sigma(g, mask_sigma_inv_A)
     if not sigma > 0:
         raise InputError(f"lattice analysis: mask_sigma_inv_A must be positive, got {mask_sigma_inv_A!r}.")
     nz, nx, ny = v.shape
@@ -274,7 +271,7 @@ def gpa_strain(volume, sampling_A, g_vectors_inv_A, *, hk=None, mask_sigma_inv_A
     sampling = as_sampling(sampling_A)
     origin = as_origin(origin_A)
     g = check_g_vectors(g_vectors_inv_A)
-    sigma = GPA_MASK_FRACTION * float(np.min(np.hypot(g[:, 0], g[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sigma = default_mask_sigma(g, mask_sigma_inv_A, fraction=GPA_MASK_FRACTION)
     gl, amp = local_lattice(v, sampling, g, sigma)
     smooth_local_lattice(gl, amp, smoothing_A, sampling)
     levels = np.array([lattice_level(amp[:, i]) for i in range(2)])

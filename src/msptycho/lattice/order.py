@@ -69,8 +69,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..io.datacube import InputError
-from ._common import (as_origin, as_sampling, bragg_filter, check_g_vectors, check_volume, lattice_level,
-                      psf_sigma_A)
+from ._common import (as_origin, as_sampling, bragg_filter, check_g_vectors, check_volume, default_mask_sigma,
+                      lattice_level, normalized_gaussian, psf_sigma_A)
 
 
 @dataclass
@@ -122,11 +122,6 @@ class CoreResult:
     origin_A: tuple[float, float] = (0.0, 0.0)
 
 
-def _default_sigma(g200_inv_A, mask_sigma_inv_A):
-    g2 = np.asarray(g200_inv_A, dtype=np.float64)
-    return 0.2 * float(np.min(np.hypot(g2[:, 0], g2[:, 1]))) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
-
-
 def mix_slices(volume, weight: float) -> np.ndarray:
     """``weight * V[z-1] + (1 - 2 weight) * V[z] + weight * V[z+1]`` per slice (float64); the first
     and last slice are returned unmixed."""
@@ -146,12 +141,9 @@ def mix_slices(volume, weight: float) -> np.ndarray:
 
 def _smooth_in(values, mask, sigma_px):
     """Normalised in-plane Gaussian smoothing of ``values`` inside ``mask`` (per slice); NaN outside."""
-    if not min(sigma_px) > 0:
-        return np.where(mask, values, np.nan)
-    s = (0, sigma_px[0], sigma_px[1])
-    num = ndimage.gaussian_filter(np.where(mask, values, 0.0), s)
-    den = ndimage.gaussian_filter(mask.astype(np.float64), s)
-    return np.where(mask, num / np.maximum(den, 1e-12), np.nan)
+    if min(sigma_px) > 0:
+        values = normalized_gaussian(np.where(mask, values, 0.0), mask, (0, sigma_px[0], sigma_px[1]))
+    return np.where(mask, values, np.nan)
 
 
 def order_parameter(volume, sampling_A, g200_inv_A, g220_inv_A, *, mask_sigma_inv_A: float | None = None,
@@ -190,7 +182,7 @@ def order_parameter(volume, sampling_A, g200_inv_A, g220_inv_A, *, mask_sigma_in
     sampling = as_sampling(sampling_A)
     if not (np.isfinite(smoothing_A) and smoothing_A >= 0):
         raise InputError(f"lattice analysis: smoothing_A must be a non-negative length in Angstrom, got {smoothing_A!r}.")
-    sigma = _default_sigma(g2, mask_sigma_inv_A)
+    sigma = default_mask_sigma(g2, mask_sigma_inv_A, fraction=0.2)
     vm = mix_slices(v, slice_mixing)
     a200 = np.empty(v.shape)
     a220 = np.empty(v.shape)
@@ -284,7 +276,7 @@ def core_from_volume(volume, sampling_A, g200_inv_A, g220_inv_A, *, threshold: f
     """
     sampling = as_sampling(sampling_A)
     origin = as_origin(origin_A)
-    sigma = _default_sigma(check_g_vectors(g200_inv_A, name="g200_inv_A"), mask_sigma_inv_A)
+    sigma = default_mask_sigma(check_g_vectors(g200_inv_A, name="g200_inv_A"), mask_sigma_inv_A, fraction=0.2)
     order, particle = order_parameter(volume, sampling, g200_inv_A, g220_inv_A, mask_sigma_inv_A=mask_sigma_inv_A,
                                       amplitude_threshold=amplitude_threshold, smoothing_A=smoothing_A,
                                       slice_mixing=slice_mixing)

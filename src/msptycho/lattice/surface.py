@@ -68,7 +68,7 @@ def lattice_amplitude(volume, sampling_A, g_vectors_inv_A, mask_sigma_inv_A: flo
     """Sum over reflections of the Bragg-filtered amplitude ``|B_g|`` per slice, V*A, ``(nz, nx, ny)``."""
     v = check_volume(volume)
     g = check_g_vectors(g_vectors_inv_A, n=None)
-    sigma = default_mask_sigma(g) if mask_sigma_inv_A is None else float(mask_sigma_inv_A)
+    sigma = default_mask_sigma(g, mask_sigma_inv_A)
     out = np.zeros(v.shape)
     for z in range(v.shape[0]):
         spec = np.fft.fft2(v[z])
@@ -162,7 +162,7 @@ def surface_from_volume(volume, sampling_A, g_vectors_inv_A, *, slice_thickness_
     # faces as returned wind clockwise seen from outside (checked by the signed volume in the
     # tests); reverse them so that they wind counter-clockwise, consistent with the outward normals
     faces = faces[:, ::-1]
-    params = {"mask_sigma_inv_A": default_mask_sigma(g) if mask_sigma_inv_A is None else float(mask_sigma_inv_A),
+    params = {"mask_sigma_inv_A": default_mask_sigma(g, mask_sigma_inv_A),
               "smoothing_A": smoothing_A, "smoothing_slices": smoothing_slices,
               "threshold_fraction": threshold_fraction, "mesh_step_px": step}
     return SurfaceResult(amplitude=amp.astype(np.float32), mask=mask, threshold=thr, threshold_method=method,

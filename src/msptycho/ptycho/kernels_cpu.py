@@ -395,6 +395,18 @@ def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
     _position_gradient(_f(g_k), _f(probe_k), _f(rampx), _f(rampy), kx, ky, nb, out)
 
 
+@njit(inline="always", fastmath=FAST)
+def _write_exit_times_ig(p, t, j, gx, gy, ox, oy):
+    """``ox[j] = exit * i gx`` and ``oy[j] = exit * i gy`` with ``exit = p[j] * t[j]`` (float32
+    (re, im) rows)."""
+    er = p[2 * j] * t[2 * j] - p[2 * j + 1] * t[2 * j + 1]
+    ei = p[2 * j] * t[2 * j + 1] + p[2 * j + 1] * t[2 * j]
+    ox[2 * j] = -ei * gx
+    ox[2 * j + 1] = er * gx
+    oy[2 * j] = -ei * gy
+    oy[2 * j + 1] = er * gy
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
     n0 = dx.shape[1]
@@ -404,6 +416,7 @@ def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
     for b in prange(nb):
         x0 = corners[b, 0]
         y0 = corners[b, 1]
+        # the usual case (the engine keeps windows off the object's edge): contiguous neighbours
         inside = x0 >= 1 and y0 >= 1 and x0 + n0 + 1 <= nx and y0 + n1 + 1 <= ny
         for i in range(n0):
             X = x0 + i
@@ -411,35 +424,19 @@ def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
             t = trans[X, 2 * y0:2 * (y0 + n1)]
             ox = dx[b, i]
             oy = dy[b, i]
+            vm = projected[max(X - 1, 0), y0:y0 + n1]
+            vp = projected[min(X + 1, nx - 1), y0:y0 + n1]
             if inside:
-                # the usual case (the engine keeps windows off the object's edge): contiguous slices
-                vm = projected[X - 1, y0:y0 + n1]
-                vp = projected[X + 1, y0:y0 + n1]
                 vl = projected[X, y0 - 1:y0 + n1 - 1]
                 vr = projected[X, y0 + 1:y0 + n1 + 1]
                 for j in range(n1):
-                    er = p[2 * j] * t[2 * j] - p[2 * j + 1] * t[2 * j + 1]
-                    ei = p[2 * j] * t[2 * j + 1] + p[2 * j + 1] * t[2 * j]
-                    gx = hs * (vp[j] - vm[j])
-                    gy = hs * (vr[j] - vl[j])
-                    ox[2 * j] = -ei * gx          # exit * i g
-                    ox[2 * j + 1] = er * gx
-                    oy[2 * j] = -ei * gy
-                    oy[2 * j + 1] = er * gy
+                    _write_exit_times_ig(p, t, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
             else:
-                vm = projected[max(X - 1, 0)]
                 v0 = projected[X]
-                vp = projected[min(X + 1, nx - 1)]
                 for j in range(n1):
                     Y = y0 + j
-                    er = p[2 * j] * t[2 * j] - p[2 * j + 1] * t[2 * j + 1]
-                    ei = p[2 * j] * t[2 * j + 1] + p[2 * j + 1] * t[2 * j]
-                    gx = hs * (vp[Y] - vm[Y])
-                    gy = hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)])
-                    ox[2 * j] = -ei * gx
-                    ox[2 * j + 1] = er * gx
-                    oy[2 * j] = -ei * gy
-                    oy[2 * j + 1] = er * gy
+                    _write_exit_times_ig(p, t, j, hs * (vp[j] - vm[j]),
+                                         hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)]), ox, oy)
 
 
 def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
