@@ -42,6 +42,9 @@ def main(argv=None):
     ap.add_argument("--slices", type=int, default=None, help="default: the truth's slice count")
     ap.add_argument("--out", default=None, help="write reconstruction.h5 and convergence.png here")
     ap.add_argument("--params", default="{}", help="JSON of extra ReconstructionParameters fields")
+    ap.add_argument("--backend", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: Numba kernels; gpu: the CuPy backend (needs a CUDA GPU)")
+    ap.add_argument("--json", default=None, help="also write the measures as JSON here")
     a = ap.parse_args(argv)
 
     from msptycho import physics
@@ -59,8 +62,12 @@ def main(argv=None):
     ab = physics.Aberrations(defocus_A=float(pr.get("defocus_A", 0.0)))
     params = ReconstructionParameters(num_slices=nz, slice_thickness_A=float(truth.slice_thickness_A),
                                       num_iterations=a.iterations, **json.loads(a.params))
+    backend = None
+    if a.backend == "gpu":
+        from msptycho.ptycho.kernels_gpu import GPUBackend
+        backend = GPUBackend()
     t0 = time.perf_counter()
-    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac)
+    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=backend)
     wall = time.perf_counter() - t0
 
     shape = res.potential_VA.shape[1:]
@@ -79,11 +86,11 @@ def main(argv=None):
     m = mask & scanned
     r = lambda u, v: float(np.corrcoef(u[m], v[m])[0, 1])  # noqa: E731
     nt = tp.shape[0]
-    print(f"reconstruction: {nz} slices of {res.slice_thickness_A} A, {res.iterations_done} iterations "
+    print(f"{a.backend} backend reconstruction: {nz} slices of {res.slice_thickness_A} A, {res.iterations_done} iterations "
           f"in {wall:.1f} s ({np.mean(res.seconds_history):.2f} s per iteration, {res.fft_library} FFTs)")
     print(f"error {res.error_history[0]:.4g} -> {res.error_history[-1]:.4g}")
-    if nz == nt:
-        per = [r(res.potential_VA[k], tp[k]) for k in range(nz)]
+    per = [r(res.potential_VA[k], tp[k]) for k in range(nz)] if nz == nt else []
+    if per:
         print("per-slice Pearson r over the particle:", " ".join(f"{v:.3f}" for v in per))
     proj = r(res.potential_VA.sum(0), tp.sum(0))
     print(f"projected potential Pearson r over the particle: {proj:.3f}")
@@ -101,6 +108,13 @@ def main(argv=None):
     d = res.positions_A - tpos
     print(f"RMS position error: {rms(res.positions_initial_A):.3f} A -> {rms(res.positions_A):.3f} A "
           f"({float(np.sqrt(np.mean(np.sum((d - d.mean(0)) ** 2, axis=1)))):.3f} A after removing the mean shift)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(
+            backend=a.backend, slices=nz, iterations=res.iterations_done, wall_s=wall,
+            seconds_per_iteration=float(np.mean(res.seconds_history)), error_history=list(map(float, res.error_history)),
+            per_slice_r=per, projected_r=proj, core_contrast_peak_slice=int(np.argmax(contrast)),
+            true_core_peak_slice=int(np.argmax(tcon)), position_rms_A=[rms(res.positions_initial_A),
+                                                                      rms(res.positions_A)]), indent=1))
     if a.out:
         from msptycho.figures.convergence import plot_convergence
         from msptycho.io import Provenance
