@@ -335,3 +335,37 @@ def test_a_slab_acts_at_its_mid_plane():
     l0, l1, l2 = loss[k - 1:k + 2]
     best = trial[k] + 0.5 * (l0 - l2) / (l0 - 2 * l1 + l2)
     assert abs(best - (D - dz / 2)) < 0.5, best
+
+
+@pytest.mark.parametrize("library", ["fftw", "pocketfft", "pocketfft-public", "numpy"])
+def test_cpu_ffts_are_unnormalised_in_place_and_batched(library, monkeypatch):
+    """Every CPU FFT path is numpy's unnormalised transform (within float32 rounding), in place,
+    and scipy's public entry (scipy >= 1.18, where the private in-place one is gone) gives the
+    private entry's result bit for bit."""
+    from msptycho.ptycho import kernels_cpu as kc
+    if library == "fftw" and kc._pyfftw() is None:
+        pytest.skip("pyfftw is not installed")
+    if library == "pocketfft-public":
+        monkeypatch.setattr(kc, "_pocketfft", lambda: kc._ScipyPocketfft())
+    be = kc.CPUBackend(workers=2, fft_library=library.split("-")[0])
+    assert be.fft_library == library.split("-")[0]
+    rng = np.random.default_rng(4)
+    a = be.zeros((5, 24, 20))
+    a[...] = rng.standard_normal(a.shape) + 1j * rng.standard_normal(a.shape)
+    ref = np.fft.fft2(a.astype(np.complex128))
+    addr = a.__array_interface__["data"][0]
+    be.fft2(a)
+    assert a.dtype == np.complex64 and a.__array_interface__["data"][0] == addr
+    assert np.abs(a - ref).max() <= 1e-5 * np.abs(ref).max()
+    forward = a.copy()
+    be.ifft2(a)
+    back = np.fft.ifft2(ref) * 24 * 20
+    assert np.abs(a - back).max() <= 1e-5 * np.abs(back).max()
+    if library == "pocketfft-public":
+        b = forward.copy()
+        try:
+            from scipy.fft._pocketfft import pypocketfft
+        except ImportError:
+            return
+        pypocketfft.c2c(b, (-2, -1), False, 0, b, 2)
+        assert np.array_equal(a, b)

@@ -566,12 +566,28 @@ def clip_negative(potential):
                 potential[s, x, y] = 0
 
 
+class _ScipyPocketfft:
+    """scipy's pocketfft through the public :mod:`scipy.fft` (scipy >= 1.18 has no private in-place
+    entry): the transform writes into its input where scipy can (``overwrite_x``), else is copied
+    back. Same ``c2c(a, axes, forward, norm, out, workers)`` call as ``pypocketfft``."""
+
+    @staticmethod
+    def c2c(a, axes, forward, norm, out, workers):
+        import scipy.fft
+        f = scipy.fft.fftn if forward else scipy.fft.ifftn
+        r = f(a, axes=axes, norm="backward" if forward else "forward", overwrite_x=True, workers=workers)
+        if r is not out:
+            out[...] = r
+
+
 def _pocketfft():
+    """scipy's pocketfft: the private in-place ``pypocketfft`` (scipy <= 1.17, no allocation), else
+    the public :mod:`scipy.fft` (same library and results, one allocation per transform)."""
     try:
         from scipy.fft._pocketfft import pypocketfft  # private, but the only in-place entry
         return pypocketfft
-    except ImportError:  # pragma: no cover
-        return None
+    except ImportError:
+        return _ScipyPocketfft()
 
 
 def _pyfftw():
@@ -590,7 +606,8 @@ class CPUBackend:
     relative to the unitary transform; the engine folds that into the propagator and kernels.
     Libraries: FFTW through pyfftw when it is installed and ``fft_library`` allows (plans made
     with ``FFTW_ESTIMATE``, which is deterministic, cached per array), otherwise scipy's
-    pocketfft writing into its input (no allocation); numpy is the last resort.
+    pocketfft (writing into its input where scipy has the private entry, scipy <= 1.17); numpy
+    (which works in complex128 and copies) is the last resort.
 
     Parameters
     ----------
@@ -652,7 +669,7 @@ class CPUBackend:
         elif self.fft_library == "pocketfft":
             self._pfft.c2c(a, (-2, -1), True, 0, a, self.workers)
         else:
-            np.fft.fft2(a, out=a)
+            a[...] = np.fft.fft2(a)  # not out=a: numpy 2.4's in-place ifft2 over two axes is wrong
 
     def ifft2(self, a: np.ndarray) -> None:
         """Unnormalised inverse 2-D FFT over the last two axes, in place."""
@@ -661,7 +678,7 @@ class CPUBackend:
         elif self.fft_library == "pocketfft":
             self._pfft.c2c(a, (-2, -1), False, 0, a, self.workers)
         else:
-            np.fft.ifft2(a, norm="forward", out=a)
+            a[...] = np.fft.ifft2(a, norm="forward")
 
     def asarray(self, a):
         return a
