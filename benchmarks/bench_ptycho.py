@@ -42,21 +42,46 @@ E_EV, SEMI_MRAD, MPP, STEP_A, DEFOCUS_A, DOSE = 300e3, 25.0, 100 / 128, 2.0, 120
 VENV_PY = os.environ.get("PY4DSTEM_PYTHON", "/work/venvs/py4dstem/bin/python")
 
 
-def synthetic_datacube(scan, n, seed=0):
+def _synthetic_rows(scan, n, seed=0):
+    """Vacuum pattern (float32) and a generator of the datacube's scan rows (scan[1], n, n)."""
     from msptycho import physics
     rng = np.random.default_rng(seed)
     sampling = physics.realspace_sampling_A(n, MPP, E_EV)
     probe = physics.probe_real((n, n), sampling, E_EV, SEMI_MRAD, physics.Aberrations(defocus_A=DEFOCUS_A))
     vac = np.abs(np.fft.fftshift(np.fft.fft2(probe))) ** 2
     vac *= DOSE * STEP_A**2 / vac.sum()
+    rows = (rng.poisson(vac, size=(scan[1], n, n)).astype(np.float32) for _ in range(scan[0]))
+    return vac.astype(np.float32), rows
+
+
+def synthetic_datacube(scan, n, seed=0):
+    """Poisson-noisy vacuum patterns (Rx, Ry, n, n) float32 and the vacuum pattern."""
+    vac, rows = _synthetic_rows(scan, n, seed)
     dc = np.empty(scan + (n, n), dtype=np.float32)
-    for i in range(scan[0]):
-        dc[i] = rng.poisson(vac, size=(scan[1], n, n))
-    return dc, vac.astype(np.float32)
+    for i, row in enumerate(rows):
+        dc[i] = row
+    return dc, vac
+
+
+def synthetic_datacube_file(path, scan, n, cal, seed=0, npy_path=None):
+    """The same data written a scan row at a time to a canonical datacube file (and optionally a
+    ``.npy`` copy for py4DSTEM), never whole in memory; returns the vacuum pattern."""
+    from msptycho.io import DatacubeWriter
+    vac, rows = _synthetic_rows(scan, n, seed)
+    npy = None if npy_path is None else np.lib.format.open_memmap(npy_path, "w+", np.float32, scan + (n, n))
+    with DatacubeWriter(path, scan + (n, n), cal, source="benchmark") as w:
+        for i, row in enumerate(rows):
+            w.write_rows(i, row[None])
+            if npy is not None:
+                npy[i] = row
+    if npy is not None:
+        npy.flush()
+        del npy
+    return vac
 
 
 def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
-    from msptycho.io import Calibration
+    from msptycho.io import Calibration, open_datacube
     from msptycho import physics
     from msptycho.ptycho import ReconstructionParameters, reconstruct
     from msptycho.ptycho.kernels_cpu import CPUBackend
@@ -88,12 +113,14 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
                 vacuum_probe_intensity=vacw, initial_aberrations=ab)
 
     rss_base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # like the reconstruct rule: the datacube stays in its file and is read a row at a time
     t0 = time.perf_counter()
-    dc, vac = synthetic_datacube(c["scan"], c["n"])
-    t_data = time.perf_counter() - t0
+    work = Path(data_dir) if data_dir else Path(tempfile.mkdtemp())
+    vac = synthetic_datacube_file(work / f"{name}_datacube.h5", c["scan"], c["n"], cal,
+                                  npy_path=(work / f"{name}_datacube.npy") if data_dir else None)
     if data_dir:
-        np.save(Path(data_dir) / f"{name}_datacube.npy", dc)
-        np.save(Path(data_dir) / f"{name}_vacuum.npy", vac)
+        np.save(work / f"{name}_vacuum.npy", vac)
+    t_data = time.perf_counter() - t0
     params = ReconstructionParameters(num_slices=c["nz"], slice_thickness_A=12.0, num_iterations=it,
                                       batch_size=110, probe_update_start_iteration=0,
                                       position_correction_start_iteration=0, tv_z_weight_VA=0.01,
@@ -101,26 +128,27 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
                                       fft_workers=int(os.environ.get("MSPTYCHO_FFT_WORKERS", "0")))
     be = CountingBackend(params.fft_workers)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=be)
+    with open_datacube(work / f"{name}_datacube.h5") as (dc, _):
+        res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=be)
+        datacube_GiB = dc.size * 4 / 1024**3
     t_total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
+    (work / f"{name}_datacube.h5").unlink()
+    if not data_dir:
+        work.rmdir()
     per_iter = float(np.mean(res.seconds_history))
     ffts_per_iter = be.count / it
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     floor, fft_lib, floor_cpu = fft_floor(c["n"], params.batch_size, ffts_per_iter, be.workers)
     nz, (nx, ny) = c["nz"], res.potential_VA.shape[1:]
-    B, n = params.batch_size, c["n"]
-    model_bytes = (nz * nx * ny * (4 * 2 + 8)      # potential, TV work array, exp(i sigma V)
-                   + nz * B * n * n * 8            # stored incident waves of every slice
-                   + 4 * B * n * n * 8             # residual/gradient, detector wave, shift derivatives
-                   + 3 * nx * ny * 4)              # gradient, illumination, projected potential
-    return dict(case=name, positions=int(dc.shape[0] * dc.shape[1]), window=n, slices=nz,
+    n = c["n"]
+    return dict(case=name, positions=int(c["scan"][0] * c["scan"][1]), window=n, slices=nz,
                 object_px=[int(nx), int(ny)], iterations=it, seconds_per_iteration=per_iter,
                 setup_seconds=t_total - float(np.sum(res.seconds_history)), data_seconds=t_data,
                 ffts_per_iteration=ffts_per_iter, fft_floor_seconds=floor, fft_library=fft_lib,
                 ratio_to_floor=per_iter / floor, fft_floor_cpu_seconds=floor_cpu,
                 cpu_ratio_to_floor=cpu_total / it / floor_cpu, engine_fft_library=res.fft_library,
                 baseline_rss_GiB=rss_base_gib, cpu_seconds_per_iteration=cpu_total / it, peak_rss_GiB=rss_gib,
-                datacube_GiB=dc.nbytes / 1024**3, model_GiB=model_bytes / 1024**3,
+                datacube_GiB=datacube_GiB, model_GiB=res.engine_GiB,
                 threads=be.workers, cpu=os.cpu_count())
 
 
@@ -233,7 +261,7 @@ def print_table(rows):
             f"{ps / r['seconds_per_iteration']:.1f}" if ps else "-"]) + " |")
     if rows:
         print(f"\n{rows[0]['cpu']} cores; CPU s = process CPU time (all threads; robust to other load on a shared machine, and 'x floor (CPU)' compares it with the FFTs' CPU time); 'cube+model' is twice the "
-              "float32 datacube plus the engine's model and work arrays (the memory goal); RSS in brackets is above the process's peak after imports and the Numba warm-up.")
+              "float32 datacube plus the engine's arrays (state, stored waves, work arrays: the memory goal); the datacube is read from its file a scan row at a time, as in the reconstruct rule; RSS in brackets is above the process's peak after imports and the Numba warm-up.")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def write_reconstruction(path, result, provenance: Provenance | None = None) -> 
         f.attrs["iterations_done"] = int(result.iterations_done)
         f.attrs["aberrations_fit"] = json.dumps(result.aberrations_fit, sort_keys=True)
         f.attrs["fft_library"] = str(result.fft_library)
+        f.attrs["engine_GiB"] = float(result.engine_GiB)
 
 
 def read_reconstruction(path):
@@ -78,7 +79,7 @@ def read_reconstruction(path):
             scan_shape=tuple(int(v) for v in f["positions_A"].attrs["scan_shape"]),
             iterations_done=int(f.attrs["iterations_done"]),
             aberrations_fit=json.loads(f.attrs["aberrations_fit"]),
-            fft_library=str(f.attrs.get("fft_library", "")))
+            fft_library=str(f.attrs.get("fft_library", "")), engine_GiB=float(f.attrs.get("engine_GiB", 0.0)))
 
 
 def write_checkpoint(path, state: dict, fingerprint: str) -> None:

@@ -116,14 +116,35 @@ class MultisliceEngine:
                         if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0) else None)
         if params.position_correction:
             self.wave_k = be.zeros((B, n, n), np.complex64)
-            self.dX = be.zeros((B, n, n), np.complex64)
-            self.dY = be.zeros((B, n, n), np.complex64)
+            # the exit wave's shift derivatives are needed after the backward pass, when the
+            # entrance waves of slices 0 and 1 are no longer: they reuse those slots (the last
+            # slice's entrance wave, which the derivatives read, must stay distinct)
+            if nz >= 3:
+                self.dX, self.dY = self.psi[0], self.psi[1]
+            else:
+                self.dX = be.zeros((B, n, n), np.complex64)
+                self.dY = be.zeros((B, n, n), np.complex64)
             self.vproj = be.zeros(self.obj_shape, np.float32)
             self.pcurv = be.zeros((B, 2), np.float64)
         self.sum_a2 = sum_of_squares(amplitudes)
         # curvature of the loss relative to the amplitude loss's: 1, because the Poisson update is
         # preconditioned per pixel to the amplitude loss's scale (kernels_cpu.residual, mode 2)
         self.curv = 1.0
+
+    def array_bytes(self) -> int:
+        """Bytes of the engine's own arrays (state and work arrays; not the measured amplitudes),
+        each buffer counted once."""
+        seen, total = set(), 0
+        for name, a in vars(self).items():
+            if name == "amps" or not hasattr(a, "nbytes") or not hasattr(a, "shape"):
+                continue
+            base = a
+            while getattr(base, "base", None) is not None:
+                base = base.base
+            if id(base) not in seen:
+                seen.add(id(base))
+                total += int(base.nbytes)
+        return total
 
     def refresh(self) -> None:
         """Recompute the transmission ``exp(i sigma V)`` after ``V`` was changed from outside."""
@@ -324,8 +345,8 @@ def affine_fit(initial: np.ndarray, refined: np.ndarray) -> np.ndarray:
 
 # -- public entry point ---------------------------------------------------------------------------
 
-def sum_of_squares(a: np.ndarray, chunk: int = 256) -> float:
-    """``sum a^2`` in float64, a chunk of positions at a time (no full-size temporary)."""
+def sum_of_squares(a: np.ndarray, chunk: int = 16) -> float:
+    """``sum a^2`` in float64, a chunk of positions at a time (a 2 MB temporary for 128^2 patterns)."""
     return float(sum(np.sum(np.square(a[i:i + chunk], dtype=np.float64)) for i in range(0, len(a), chunk)))
 
 
@@ -490,9 +511,10 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
             elif st is not None:
                 log.warning("checkpoint %s belongs to other data or parameters; starting afresh", cp)
 
-    log.info("reconstruct: %d positions, window %d px at %.4f A, object %s x %d slices of %.2f A, batch %d, %s backend, %s FFTs",
-             N, n, sampling, obj_shape, params.num_slices, params.slice_thickness_A, eng.B, eng.be.name,
-             getattr(eng.be, "fft_library", "?"))
+    engine_GiB = eng.array_bytes() / 1024**3
+    log.info("reconstruct: %d positions, window %d px at %.4f A, object %s x %d slices of %.2f A, batch %d, %s backend, "
+             "%s FFTs, engine arrays %.3f GiB", N, n, sampling, obj_shape, params.num_slices, params.slice_thickness_A,
+             eng.B, eng.be.name, getattr(eng.be, "fft_library", "?"), engine_GiB)
     while eng.iteration < params.num_iterations:
         err = eng.run_iteration()
         it = eng.iteration
@@ -516,4 +538,4 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
         step_history=np.array(eng.history["step"]), seconds_history=np.array(eng.history["seconds"]),
         parameters=params, energy_eV=float(energy), semiangle_mrad=float(cal.semiangle_mrad),
         scan_shape=(rx, ry), iterations_done=eng.iteration, aberrations_fit=ab,
-        fft_library=str(getattr(eng.be, "fft_library", "")))
+        fft_library=str(getattr(eng.be, "fft_library", "")), engine_GiB=float(engine_GiB))

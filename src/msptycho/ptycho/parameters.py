@@ -192,6 +192,8 @@ class ReconstructionResult:
     iterations_done : int
     fft_library : str
         FFT library actually used.
+    engine_GiB : float
+        Memory of the engine's arrays (state, stored waves, work arrays; not the data), GiB.
     """
 
     potential_VA: np.ndarray
@@ -212,3 +214,4 @@ class ReconstructionResult:
     iterations_done: int
     aberrations_fit: dict = field(default_factory=dict)
     fft_library: str = ""
+    engine_GiB: float = 0.0
