@@ -347,17 +347,18 @@ def test_a_slab_acts_at_its_mid_plane():
     assert abs(best - (D - dz / 2)) < 0.5, best
 
 
-@pytest.mark.parametrize("library", ["fftw", "pocketfft", "pocketfft-public", "numpy"])
+@pytest.mark.parametrize("library", ["fftw", "fftw-measure", "pocketfft", "pocketfft-public", "numpy"])
 def test_cpu_ffts_are_unnormalised_in_place_and_batched(library, monkeypatch):
     """Every CPU FFT path is numpy's unnormalised transform (within float32 rounding), in place,
     and scipy's public entry (scipy >= 1.18, where the private in-place one is gone) gives the
     private entry's result bit for bit."""
     from msptycho.ptycho import kernels_cpu as kc
-    if library == "fftw" and kc._pyfftw() is None:
+    if library.startswith("fftw") and kc._pyfftw() is None:
         pytest.skip("pyfftw is not installed")
     if library == "pocketfft-public":
         monkeypatch.setattr(kc, "_pocketfft", lambda: kc._ScipyPocketfft())
-    be = kc.CPUBackend(workers=2, fft_library=library.split("-")[0])
+    be = kc.CPUBackend(workers=2, fft_library=library.split("-")[0],
+                       fft_planning="measure" if library == "fftw-measure" else "estimate")
     assert be.fft_library == library.split("-")[0]
     rng = np.random.default_rng(4)
     a = be.zeros((5, 24, 20))
@@ -379,3 +380,34 @@ def test_cpu_ffts_are_unnormalised_in_place_and_batched(library, monkeypatch):
             return
         pypocketfft.c2c(b, (-2, -1), False, 0, b, 2)
         assert np.array_equal(a, b)
+
+
+def test_measured_fftw_plans_come_from_the_wisdom_file(tmp_path, monkeypatch):
+    """A transform is timed once (on scratch: the data survive planning); a fresh process, here a
+    backend after FFTW forgot its wisdom, makes the same plan from the file without timing again,
+    and gives the same bits."""
+    pyfftw = pytest.importorskip("pyfftw")
+    from msptycho.ptycho import fftw_wisdom, kernels_cpu as kc
+    path = tmp_path / "wisdom.pickle"
+    monkeypatch.setenv("MSPTYCHO_FFTW_WISDOM", str(path))
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 40, 40)) + 1j * rng.standard_normal((3, 40, 40))).astype(np.complex64)
+    pyfftw.forget_wisdom()
+    be = kc.CPUBackend(workers=1, fft_library="fftw", fft_planning="measure")
+    a = be.zeros(x.shape)
+    a[...] = x
+    be.fft2(a)
+    assert path.exists()
+    np.testing.assert_allclose(a, np.fft.fft2(x.astype(np.complex128)), rtol=0, atol=1e-4 * np.abs(a).max())
+    stamp = path.stat().st_mtime_ns
+    pyfftw.forget_wisdom()
+    measured = []
+    monkeypatch.setattr(fftw_wisdom, "_export", lambda *args: measured.append(args))
+    be2 = kc.CPUBackend(workers=1, fft_library="fftw", fft_planning="measure")
+    b = be2.zeros(x.shape)
+    b[...] = x
+    be2.fft2(b)
+    assert measured == [] and path.stat().st_mtime_ns == stamp
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="fft_planning"):
+        kc.CPUBackend(fft_planning="patient")

@@ -68,7 +68,7 @@ class MultisliceEngine:
     def __init__(self, amplitudes, probe_k, positions_px, object_shape, sigma, propagator_k, params,
                  fourier_amplitude=None, aberration_basis=None, chi=None, backend=None):
         self.p = params
-        self.be = be = backend or CPUBackend(params.fft_workers, params.fft_library)
+        self.be = be = backend or CPUBackend(params.fft_workers, params.fft_library, params.fft_planning)
         # arrays the kernels touch live where the backend computes (identity on the CPU)
         self.amps = be.asarray(amplitudes)
         self.N, self.n = amplitudes.shape[0], amplitudes.shape[1]

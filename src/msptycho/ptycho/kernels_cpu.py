@@ -29,6 +29,8 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
+from .fftw_wisdom import measured_plan  # noqa: E402
+
 TWO_PI = np.float32(2 * np.pi)
 
 
@@ -604,9 +606,9 @@ class CPUBackend:
     FFTs are 2-D over the last two axes, batched over the leading axis, in place, complex64 and
     *unnormalised* in both directions: each multiplies by ``fft_gain(n0, n1) = sqrt(n0 * n1)``
     relative to the unitary transform; the engine folds that into the propagator and kernels.
-    Libraries: FFTW through pyfftw when it is installed and ``fft_library`` allows (plans made
-    with ``FFTW_ESTIMATE``, which is deterministic, cached per array), otherwise scipy's
-    pocketfft (writing into its input where scipy has the private entry, scipy <= 1.17); numpy
+    Libraries: FFTW through pyfftw when it is installed and ``fft_library`` allows (plans timed
+    once per machine or made with ``FFTW_ESTIMATE``, see ``fft_planning``; cached per array),
+    otherwise scipy's pocketfft (writing into its input where scipy has the private entry, scipy <= 1.17); numpy
     (which works in complex128 and copies) is the last resort.
 
     Parameters
@@ -615,11 +617,14 @@ class CPUBackend:
         FFT and kernel threads; 0 means ``os.cpu_count()`` (kernels: at most Numba's thread count).
     fft_library : str
         ``"auto"`` (FFTW if available, else pocketfft), ``"fftw"``, ``"pocketfft"`` or ``"numpy"``.
+    fft_planning : str
+        FFTW only: ``"measure"`` (plans timed once per machine and kept in a wisdom file, see
+        :mod:`msptycho.ptycho.fftw_wisdom`) or ``"estimate"`` (``FFTW_ESTIMATE``, no file).
     """
 
     name = "cpu"
 
-    def __init__(self, workers: int = 0, fft_library: str = "auto"):
+    def __init__(self, workers: int = 0, fft_library: str = "auto", fft_planning: str = "measure"):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
         # the kernels use as many threads as the FFTs (a rule given 1 thread of 2 uses 1)
         numba.set_num_threads(max(1, min(self.workers, numba.config.NUMBA_NUM_THREADS)))
@@ -633,6 +638,9 @@ class CPUBackend:
             self.fft_library = "pocketfft"
         else:
             self.fft_library = "numpy"
+        if fft_planning not in ("measure", "estimate"):
+            raise ValueError(f"fft_planning is {fft_planning!r}; expected 'measure' or 'estimate'")
+        self.fft_planning = fft_planning
         self._plans = {}
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
@@ -657,8 +665,11 @@ class CPUBackend:
         key = (a.__array_interface__["data"][0], a.shape, forward)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._fftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
-                                   flags=("FFTW_ESTIMATE",), threads=self.workers)
+            if self.fft_planning == "measure" and a.flags.c_contiguous:
+                plan = measured_plan(self._fftw, a, forward, self.workers)
+            else:
+                plan = self._fftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+                                       flags=("FFTW_ESTIMATE",), threads=self.workers)
             self._plans[key] = plan
         return plan
 
