@@ -411,3 +411,21 @@ def test_measured_fftw_plans_come_from_the_wisdom_file(tmp_path, monkeypatch):
     assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="fft_planning"):
         kc.CPUBackend(fft_planning="patient")
+
+
+def test_an_unwritable_wisdom_file_still_plans(tmp_path, monkeypatch, caplog):
+    """Where the cache folder cannot be written the plan is timed for the process alone, with one
+    warning that names the file, and the transform is still right."""
+    pytest.importorskip("pyfftw")
+    from msptycho.ptycho import kernels_cpu as kc
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("MSPTYCHO_FFTW_WISDOM", str(blocker / "wisdom.pickle"))
+    be = kc.CPUBackend(workers=1, fft_library="fftw", fft_planning="measure")
+    x = np.random.default_rng(6).standard_normal((2, 36, 36)).astype(np.complex64)
+    a = be.zeros(x.shape)
+    a[...] = x
+    with caplog.at_level("WARNING", logger="msptycho.ptycho"):
+        be.fft2(a)
+    assert "cannot be written" in caplog.text and "not_a_folder" in caplog.text
+    np.testing.assert_allclose(a, np.fft.fft2(x.astype(np.complex128)), rtol=0, atol=1e-4 * np.abs(a).max())

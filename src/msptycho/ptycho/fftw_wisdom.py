@@ -11,12 +11,15 @@ first one's plans instead of timing their own. Runs on the same machine are then
 The file is ``$MSPTYCHO_FFTW_WISDOM`` if set, else
 ``$XDG_CACHE_HOME/msptycho/fftw-wisdom-<cpu key>.pickle`` (``~/.cache`` without XDG_CACHE_HOME).
 Deleting it only costs the next run its planning time (a fraction of a second per transform).
+Where the file cannot be written (a read-only home on a cluster node) plans are timed for the
+process alone, with a warning naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pickle
 import platform
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 ALIGN = 64  # bytes; FFTW's plans depend on the data's alignment up to the SIMD width
+LOG = logging.getLogger("msptycho.ptycho")
+_WARNED: set = set()
 
 
 def machine_key() -> str:
@@ -104,14 +109,30 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
         return pyfftw.FFTW(a, a, flags=only, **kw)
     except RuntimeError:
         pass
-    with _locked(path):
-        _import(pyfftw, path)           # another process may have timed it meanwhile
+    try:
+        with _locked(path):
+            _import(pyfftw, path)           # another process may have timed it meanwhile
+            try:
+                return pyfftw.FFTW(a, a, flags=only, **kw)
+            except RuntimeError:
+                pass
+            _measure(pyfftw, a, kw)
+            _export(pyfftw, path)
+    except OSError as e:
+        # a read-only or missing cache folder: time the plan for this process only
+        if path not in _WARNED:
+            _WARNED.add(path)
+            LOG.warning("FFTW wisdom file %s cannot be written (%s): plans are timed for this process "
+                        "only, so another run may pick other plans (last-bit differences); set "
+                        "MSPTYCHO_FFTW_WISDOM to a writable file", path, e)
         try:
             return pyfftw.FFTW(a, a, flags=only, **kw)
         except RuntimeError:
-            pass
-        s = _scratch_like(a)
-        pyfftw.FFTW(s, s, flags=("FFTW_MEASURE",), **kw)
-        del s
-        _export(pyfftw, path)
+            _measure(pyfftw, a, kw)
     return pyfftw.FFTW(a, a, flags=only, **kw)
+
+
+def _measure(pyfftw, a, kw) -> None:
+    """Time the transform on a scratch array like ``a`` (adds it to FFTW's in-memory wisdom)."""
+    s = _scratch_like(a)
+    pyfftw.FFTW(s, s, flags=("FFTW_MEASURE",), **kw)
