@@ -34,18 +34,14 @@ def main(argv=None) -> int:
 
     from msptycho.io import Provenance
     from msptycho.io.simio import write_simulation
-    from msptycho.simulate import preset, simulate_sample
+    from msptycho.simulate import configured, simulate_sample
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = yaml.safe_load(a.config.read_text())
     entry = cfg["samples"].get(a.sample)
     if entry is None or entry.get("source") != "synthetic":
         raise SystemExit(f"{a.config}: samples.{a.sample} is not a synthetic sample of this config.")
-    overrides = {k: tuple(map(tuple, v)) if k == "dislocations" else (tuple(v) if isinstance(v, list) else v)
-                 for k, v in dict(entry.get("simulation", {})).items()}
-    base = preset(entry["preset"])
-    overrides.setdefault("seed", cfg["seed"] + base.seed)
-    params = dataclasses.replace(base, name=a.sample, **overrides)
+    params = configured(a.sample, entry["preset"], entry.get("simulation"), cfg["seed"])
     dz = cfg.get("reconstruct", {}).get("slice_thickness_A", 12.0)
     result = simulate_sample(params, recon_slice_thickness_A=dz, workers=a.workers)
     a.out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,11 @@ from msptycho.figures.simulation import simulation_overview
 from msptycho.io import Provenance
 from msptycho.io.simio import write_simulation
 from msptycho.logs import setup_logging
-from msptycho.simulate import preset, simulate_sample
+from msptycho.simulate import configured, simulate_sample
 
 log = setup_logging(snakemake.log[0])
-overrides = {k: tuple(map(tuple, v)) if k == "dislocations" else (tuple(v) if isinstance(v, list) else v)
-             for k, v in dict(snakemake.params.overrides).items()}
-base = preset(snakemake.params.preset)
-# the workflow's seed, offset per preset so that two samples never share noise (unless overridden)
-overrides.setdefault("seed", snakemake.params.seed + base.seed)
-params = dataclasses.replace(base, name=snakemake.wildcards.sample, **overrides)
+params = configured(snakemake.wildcards.sample, snakemake.params.preset, snakemake.params.overrides,
+                    snakemake.params.seed)
 prov = Provenance.collect("simulate", {"simulation": dataclasses.asdict(params),
                                        "recon_slice_thickness_A": snakemake.params.recon_slice_thickness_A},
                           seed=params.seed, project_dir=f"{snakemake.scriptdir}/..")

@@ -186,3 +186,18 @@ def test_simulate_sample_rejects_bad_input():
         simulate_sample(dataclasses.replace(preset("pristine"), scan_shape_px=(1, 4)))
     with pytest.raises(ValueError, match="core_radius_A"):
         simulate_sample(dataclasses.replace(preset("pristine"), core_radius_A=40.0))
+
+
+def test_configured_sample_parameters():
+    """A config sample: the preset, the config's overrides (YAML lists to tuples) and the seed
+    offset per preset, unless the config gives one."""
+    from msptycho.simulate import configured, preset
+    p = configured("mine", "cracked", {"defocus_A": 300.0, "core_offset_A": [1.0, 2.0, 3.0],
+                                       "dislocations": [[1, 2, 3, 4, 0, 10]]}, 100)
+    assert p.name == "mine" and p.defocus_A == 300.0 and p.core_offset_A == (1.0, 2.0, 3.0)
+    assert p.dislocations == ((1, 2, 3, 4, 0, 10),)
+    assert p.seed == 100 + preset("cracked").seed
+    assert p.crack_tip_A == preset("cracked").crack_tip_A
+    assert configured("x", "pristine", {"seed": 7}, 100).seed == 7
+    assert configured("x", "pristine", None, 0) == preset("pristine").__class__(
+        **{**preset("pristine").__dict__, "name": "x", "seed": preset("pristine").seed})

@@ -104,18 +104,23 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
     """
     path = wisdom_path() if path is None else Path(path)
     kw = dict(axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD", threads=threads)
-    only = ("FFTW_MEASURE", "FFTW_WISDOM_ONLY")
-    try:
-        return pyfftw.FFTW(a, a, flags=only, **kw)
-    except RuntimeError:
-        pass
+
+    def from_wisdom():
+        """The plan from FFTW's wisdom in memory, or None if it has none for this transform."""
+        try:
+            return pyfftw.FFTW(a, a, flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), **kw)
+        except RuntimeError:
+            return None
+
+    plan = from_wisdom()
+    if plan is not None:
+        return plan
     try:
         with _locked(path):
             _import(pyfftw, path)           # another process may have timed it meanwhile
-            try:
-                return pyfftw.FFTW(a, a, flags=only, **kw)
-            except RuntimeError:
-                pass
+            plan = from_wisdom()
+            if plan is not None:
+                return plan
             _measure(pyfftw, a, kw)
             _export(pyfftw, path)
     except OSError as e:
@@ -125,11 +130,11 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
             LOG.warning("FFTW wisdom file %s cannot be written (%s): plans are timed for this process "
                         "only, so another run may pick other plans (last-bit differences); set "
                         "MSPTYCHO_FFTW_WISDOM to a writable file", path, e)
-        try:
-            return pyfftw.FFTW(a, a, flags=only, **kw)
-        except RuntimeError:
+        if from_wisdom() is None:
             _measure(pyfftw, a, kw)
-    return pyfftw.FFTW(a, a, flags=only, **kw)
+    plan = from_wisdom()
+    # safety net: the scratch array matches a's alignment, so the wisdom should always apply
+    return plan if plan is not None else pyfftw.FFTW(a, a, flags=("FFTW_ESTIMATE",), **kw)
 
 
 def _measure(pyfftw, a, kw) -> None:

@@ -27,10 +27,10 @@ from .haadf import ScanPair, simulate_scan_pair
 from .model import AtomicModel, Deformation, build_model, fluorite_crystal
 from .multislice import PatternSimulator, occupied_boxes, transmission_functions
 from .potentials import project_atoms_fourier
-from .presets import PRESETS, SimulationParameters, preset, reconstruction_sampling_A
+from .presets import PRESETS, SimulationParameters, configured, preset, reconstruction_sampling_A
 from .truth import GroundTruth, ground_truth
 
-__all__ = ["SimulationParameters", "SimulationResult", "preset", "PRESETS", "simulate_sample",
+__all__ = ["SimulationParameters", "SimulationResult", "preset", "configured", "PRESETS", "simulate_sample",
            "estimate_cost", "build_model", "AtomicModel", "Deformation", "GroundTruth", "ScanPair",
            "PatternSimulator", "aberrations_of", "scan_positions", "simulation_field",
            "vacuum_probe_pattern", "fluorite_crystal"]

@@ -317,6 +317,17 @@ def preset(name: str) -> SimulationParameters:
 PRESETS = ("pristine", "cracked", "paper")
 
 
+def configured(name: str, preset_name: str, overrides: dict | None, workflow_seed: int) -> SimulationParameters:
+    """A config sample's parameters: the preset with the config's overrides (YAML lists become
+    tuples, ``dislocations`` a tuple of tuples) and, unless overridden, the seed
+    ``workflow_seed + preset seed`` (two samples never share noise)."""
+    ov = {k: tuple(map(tuple, v)) if k == "dislocations" else (tuple(v) if isinstance(v, list) else v)
+          for k, v in dict(overrides or {}).items()}
+    base = preset(preset_name)
+    ov.setdefault("seed", workflow_seed + base.seed)
+    return dataclasses.replace(base, name=name, **ov)
+
+
 def reconstruction_sampling_A(params: SimulationParameters) -> float:
     """Real-space pixel of a reconstruction from this detector (``physics.realspace_sampling_A``)."""
     return realspace_sampling_A(params.detector_pixels, params.detector_mrad_per_pixel, params.energy_eV)
