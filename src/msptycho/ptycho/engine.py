@@ -96,34 +96,42 @@ class MultisliceEngine:
         self.step_scale = 1.0
         self.history = {"error": [], "loss": [], "step": [], "seconds": []}
         self.iteration = 0
-        # work arrays
-        self.psi = self.be.zeros((nz, B, n, n), np.complex64)
-        self.g = self.be.zeros((B, n, n), np.complex64)
-        self.rampx = be.zeros((B, n), np.complex64)
-        self.rampy = be.zeros((B, n), np.complex64)
-        self.corners = np.zeros((B, 2), dtype=np.int64)      # host; split_positions writes them
-        self.frac = np.zeros((B, 2), dtype=np.float64)
+        # work arrays. A batch is carried through the slices C positions at a time (a chunk
+        # whose waves stay in cache); the object gradient of every slice is accumulated over the
+        # chunks and the object updated once per batch, as if the batch were one chunk.
+        default_chunk = getattr(be, "chunk_positions", None) or B
+        self.C = C = min(B, params.chunk_size or default_chunk)
+        self.psi = self.be.zeros((nz, C, n, n), np.complex64)
+        self.g = self.be.zeros((C, n, n), np.complex64)
+        self.rampx = be.zeros((C, n), np.complex64)
+        self.rampy = be.zeros((C, n), np.complex64)
+        self.corners = np.zeros((C, 2), dtype=np.int64)      # host; split_positions writes them
+        self.frac = np.zeros((C, 2), dtype=np.float64)
         self.err = be.zeros(B, np.float64)
         self.loss = be.zeros(B, np.float64)
-        self.grad2d = be.zeros(self.obj_shape, np.float32)
-        self.illum2d = be.zeros(self.obj_shape, np.float32)
-        self.row_lo = be.zeros(self.obj_shape[0], np.int64)
-        self.row_hi = be.zeros(self.obj_shape[0], np.int64)
-        self.rowmax = be.zeros(self.obj_shape[0], np.float32)
+        self.grad = be.zeros((nz,) + self.obj_shape, np.float32)
+        self.illum = be.zeros((nz,) + self.obj_shape, np.float32)
+        self.row_lo = be.zeros((nz, self.obj_shape[0]), np.int64)
+        self.row_hi = be.zeros((nz, self.obj_shape[0]), np.int64)
+        self.rowmax = be.zeros((nz, self.obj_shape[0]), np.float32)
+        if C < B:   # a later chunk's touched rows, merged into the slice's
+            self.chunk_rows = (be.zeros(self.obj_shape[0], np.int64), be.zeros(self.obj_shape[0], np.int64),
+                               be.zeros(self.obj_shape[0], np.float32))
+            self.gPk_chunk = be.zeros((n, n), np.complex64)
         self.gPk = be.zeros((n, n), np.complex64)
         self.gpos = be.zeros((B, 2), np.float64)
         self.tv_work = (be.zeros(self.V.shape, np.float32)
                         if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0) else None)
         if params.position_correction:
-            self.wave_k = be.zeros((B, n, n), np.complex64)
+            self.wave_k = be.zeros((C, n, n), np.complex64)
             # the exit wave's shift derivatives are needed after the backward pass, when the
             # entrance waves of slices 0 and 1 are no longer: they reuse those slots (the last
             # slice's entrance wave, which the derivatives read, must stay distinct)
             if nz >= 3:
                 self.dX, self.dY = self.psi[0], self.psi[1]
             else:
-                self.dX = be.zeros((B, n, n), np.complex64)
-                self.dY = be.zeros((B, n, n), np.complex64)
+                self.dX = be.zeros((C, n, n), np.complex64)
+                self.dY = be.zeros((C, n, n), np.complex64)
             self.vproj = be.zeros(self.obj_shape, np.float32)
             self.pcurv = be.zeros((B, 2), np.float64)
         self.sum_a2 = sum_of_squares(amplitudes)
@@ -152,9 +160,10 @@ class MultisliceEngine:
 
     # -- forward model ----------------------------------------------------------------------------
     def _forward(self, idx: np.ndarray):
-        """Multislice forward pass of positions ``idx`` with the current state: fills the wave
-        stack ``psi[:, :nb]`` (entrance wave of every slice) and returns the exit waves in Fourier
-        space, ``g[:nb]`` (unnormalised FFT), and the window corners on the backend."""
+        """Multislice forward pass of positions ``idx`` (at most one chunk) with the current
+        state: fills the wave stack ``psi[:, :nb]`` (entrance wave of every slice) and the phase
+        ramps, and returns the exit waves in Fourier space, ``g[:nb]`` (unnormalised FFT), and
+        the window corners on the backend."""
         be = self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
@@ -177,8 +186,11 @@ class MultisliceEngine:
     def model_patterns(self, idx: np.ndarray) -> np.ndarray:
         """Model patterns ``|FFT_ortho(exit)|^2`` (numpy FFT order, float32) of positions ``idx``
         (at most ``batch_size``) with the current state; allocates its output."""
-        g, _ = self._forward(idx)
-        return (np.abs(self.be.asnumpy(g)) ** 2 / self.gain**2).astype(np.float32)
+        out = np.empty((len(idx), self.n, self.n), dtype=np.float32)
+        for c0 in range(0, len(idx), self.C):
+            g, _ = self._forward(idx[c0:c0 + self.C])
+            out[c0:c0 + len(g)] = np.abs(self.be.asnumpy(g)) ** 2 / self.gain**2
+        return out
 
     # -- one mini-batch -------------------------------------------------------------------------
     def batch(self, idx: np.ndarray, update_object=True, update_probe=False, update_positions=False,
@@ -194,55 +206,70 @@ class MultisliceEngine:
             Sums over the batch of ``(|Psi| - a)^2`` and of the loss.
         """
         be, K = self.be, self.be
-        nb = len(idx)
-        nz = self.nz
-        g, corners = self._forward(idx)
-        if update_positions:
-            self.wave_k[:nb] = g
+        nb, nz, C = len(idx), self.nz, self.C
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
         mode = 0 if self.p.loss == "amplitude" else (1 if gradients is not None else 2)
-        K.residual(g, self.amps, be.asarray(idx), mode, 1.0 / self.gain, self.err, self.loss)
+        need_probe = gradients is not None or update_probe
+        need_pos = gradients is not None or update_positions
+        for c0 in range(0, nb, C):
+            sub = idx[c0:c0 + C]
+            m = len(sub)
+            first = c0 == 0
+            g, corners = self._forward(sub)
+            if update_positions:
+                self.wave_k[:m] = g
+            K.residual(g, self.amps, be.asarray(sub), mode, 1.0 / self.gain, self.err[c0:c0 + m],
+                       self.loss[c0:c0 + m])
+            be.ifft2(g)
+            for s in range(nz - 1, -1, -1):
+                rows = (self.row_lo[s], self.row_hi[s], self.rowmax[s]) if first else self.chunk_rows
+                K.back_slice(g, self.psi[s, :m], self.T[s], corners, m, self.sigma, self.grad[s], self.illum[s],
+                             *rows)
+                if not first:
+                    np.minimum(self.row_lo[s], rows[0], out=self.row_lo[s])
+                    np.maximum(self.row_hi[s], rows[1], out=self.row_hi[s])
+                    np.maximum(self.rowmax[s], rows[2], out=self.rowmax[s])
+                if s > 0:
+                    be.fft2(g)
+                    K.multiply(g, self.hc)
+                    be.ifft2(g)
+            if not (need_probe or need_pos):
+                continue
+            be.fft2(g)
+            if need_pos:
+                K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, m, self.gpos[c0:c0 + m])
+            if need_probe:
+                K.probe_gradient(g, self.rampx, self.rampy, m, self.gPk if first else self.gPk_chunk)
+                if not first:
+                    self.gPk += self.gPk_chunk
+            if update_positions and gradients is None:
+                # the exit wave's shift derivatives (at the state the gradients were taken at)
+                K.exit_shift_derivative(self.psi[nz - 1, :m], self.T[nz - 1], self.vproj, corners, m,
+                                        self.sigma, self.dX, self.dY)
+                be.fft2(self.dX[:m])
+                be.fft2(self.dY[:m])
+                K.position_curvature(self.wave_k, self.dX, self.dY, m, self.pcurv[c0:c0 + m])
         err = float(self.err[:nb].sum())
         loss = float(self.loss[:nb].sum())
-        be.ifft2(g)
-        coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
-        for s in range(nz - 1, -1, -1):
-            K.back_slice(g, self.psi[s, :nb], self.T[s], corners, nb, self.sigma,
-                         self.grad2d, self.illum2d, self.row_lo, self.row_hi, self.rowmax)
-            if gradients is not None:
-                if "object" not in gradients:
-                    gradients["object"] = be.zeros(self.V.shape, self.V.dtype)
-                K.copy_gradient(gradients["object"][s], self.grad2d, self.illum2d, self.row_lo, self.row_hi)
-            else:
-                floor = self.p.illumination_regularization_fraction * float(self.rowmax.max())
-                K.update_object(self.V[s], self.T[s], self.grad2d, self.illum2d, self.row_lo, self.row_hi,
-                                coef if update_object else 0.0, floor, self.sigma)
-            if s > 0:
-                be.fft2(g)
-                K.multiply(g, self.hc)
-                be.ifft2(g)
-        if gradients is None and not (update_probe or update_positions):
-            return err, loss
-        be.fft2(g)
-        if gradients is not None or update_positions:
-            K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, nb, self.gpos)
-        if gradients is not None or update_probe:
-            K.probe_gradient(g, self.rampx, self.rampy, nb, self.gPk)
         # undo the forward FFT's gain on the incident-wave gradient (small arrays)
-        if gradients is not None or update_probe:
+        if need_probe:
             self.gPk *= np.float32(1.0 / self.gain)
-        self.gpos[:nb] /= self.gain
+        if need_pos:
+            self.gpos[:nb] /= self.gain
         if gradients is not None:
-            gradients["object"] = be.asnumpy(gradients["object"])
+            obj = be.zeros(self.V.shape, self.V.dtype)
+            for s in range(nz):
+                K.copy_gradient(obj[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s])
+            gradients["object"] = be.asnumpy(obj)
             gradients["probe"] = be.asnumpy(self.gPk).copy()
             gradients["positions"] = be.asnumpy(self.gpos[:nb]).copy()
             return err, loss
+        coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
+        for s in range(nz):
+            floor = self.p.illumination_regularization_fraction * float(self.rowmax[s].max())
+            K.update_object(self.V[s], self.T[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s],
+                            coef if update_object else 0.0, floor, self.sigma)
         if update_positions:
-            K.exit_shift_derivative(self.psi[nz - 1, :nb], self.T[nz - 1], self.vproj, corners, nb,
-                                    self.sigma, self.dX, self.dY)
-            be.fft2(self.dX[:nb])
-            be.fft2(self.dY[:nb])
-            K.position_curvature(self.wave_k, self.dX, self.dY, nb, self.pcurv)
             self.pcurv[:nb] /= self.gain**2
             self._move_positions(idx, nb)
         if update_probe:

@@ -623,6 +623,8 @@ class CPUBackend:
     """
 
     name = "cpu"
+    #: positions carried through the slices together (their 128^2 waves, 2 MB, stay in cache)
+    chunk_positions = 16
 
     def __init__(self, workers: int = 0, fft_library: str = "auto", fft_planning: str = "measure"):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)

@@ -69,6 +69,10 @@ class ReconstructionParameters:
         Pixels of object beyond the outermost windows.
     fft_workers : int
         FFT and Numba kernel threads (0: all cores). Does not change the result.
+    chunk_size : int
+        Positions of a batch carried through all slices together (0: the backend's choice, 16 on
+        the CPU, where their waves stay in cache, and the whole batch on a GPU). The object is
+        still updated once per batch; changes the result only by float rounding.
     fft_library : str
         ``"auto"`` (FFTW through pyfftw when installed, else scipy's pocketfft), ``"fftw"``,
         ``"pocketfft"`` or ``"numpy"``. Libraries differ in the last bits of the result.
@@ -105,6 +109,7 @@ class ReconstructionParameters:
     position_affine_fit: bool = False
     object_margin_px: int = 4
     fft_workers: int = 0
+    chunk_size: int = 0
     fft_library: str = "auto"
     fft_planning: str = "measure"
     seed: int = 0
@@ -119,7 +124,7 @@ class ReconstructionParameters:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 bad(name, "a positive integer")
         for name in ("probe_update_start_iteration", "position_correction_start_iteration", "object_margin_px",
-                     "fft_workers", "checkpoint_every", "probe_aberration_fit_order", "seed"):
+                     "fft_workers", "chunk_size", "checkpoint_every", "probe_aberration_fit_order", "seed"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 bad(name, "a non-negative integer")
