@@ -469,3 +469,15 @@ def test_chunks_of_a_batch_give_the_batch_update():
     np.testing.assert_allclose(ea, eb, rtol=1e-5)
     for k in ("object", "probe", "positions"):
         assert np.abs(ga[k] - gb[k]).max() <= 2e-5 * np.abs(ga[k]).max(), k
+
+
+def test_z_order_keeps_chunks_compact():
+    """Positions in Z order: every run of 4 on an 8 x 8 grid is a 2 x 2 block of neighbours, and
+    the order is a permutation whatever the input order."""
+    grid = np.stack(np.meshgrid(np.arange(8), np.arange(8), indexing="ij"), -1).reshape(-1, 2) * 10.0 + 3.0
+    shuffled = grid[np.random.default_rng(0).permutation(64)]
+    o = fw.z_order(shuffled, 10.0)
+    assert sorted(o) == list(range(64))
+    for c in range(0, 64, 4):
+        block = shuffled[o[c:c + 4]]
+        assert np.ptp(block[:, 0]) == 10.0 and np.ptp(block[:, 1]) == 10.0

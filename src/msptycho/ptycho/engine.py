@@ -198,7 +198,9 @@ class MultisliceEngine:
         """Forward model, loss and hand-derived gradients of positions ``idx``; update the state.
 
         With ``gradients`` (a dict) nothing is updated: the object gradient (nz, Nx, Ny),
-        probe gradient (n, n) and position gradients (nb, 2; per pixel) are stored in it.
+        probe gradient (n, n) and position gradients (nb, 2; per pixel, in the order of ``idx``)
+        are stored in it. The positions are visited in Z order (:func:`forward.z_order`), C at a
+        time through all slices; the object is updated once, after the whole batch.
 
         Returns
         -------
@@ -207,6 +209,10 @@ class MultisliceEngine:
         """
         be, K = self.be, self.be
         nb, nz, C = len(idx), self.nz, self.C
+        # neighbours in turn (Z order): a chunk's windows overlap in the object, which stays in
+        # cache; the order is the same however the batch is chunked
+        order = fw.z_order(self.pos[idx], self.n // 2)
+        idx = idx[order]
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
         mode = 0 if self.p.loss == "amplitude" else (1 if gradients is not None else 2)
         need_probe = gradients is not None or update_probe
@@ -262,7 +268,8 @@ class MultisliceEngine:
                 K.copy_gradient(obj[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s])
             gradients["object"] = be.asnumpy(obj)
             gradients["probe"] = be.asnumpy(self.gPk).copy()
-            gradients["positions"] = be.asnumpy(self.gpos[:nb]).copy()
+            gradients["positions"] = np.empty((nb, 2), dtype=np.float64)
+            gradients["positions"][order] = be.asnumpy(self.gpos[:nb])   # in the caller's order
             return err, loss
         coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
         for s in range(nz):
