@@ -623,8 +623,6 @@ class CPUBackend:
     """
 
     name = "cpu"
-    #: positions carried through the slices together (their 128^2 waves, 2 MB, stay in cache)
-    chunk_positions = 16
 
     def __init__(self, workers: int = 0, fft_library: str = "auto", fft_planning: str = "measure"):
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
@@ -643,6 +641,9 @@ class CPUBackend:
         if fft_planning not in ("measure", "estimate"):
             raise ValueError(f"fft_planning is {fft_planning!r}; expected 'measure' or 'estimate'")
         self.fft_planning = fft_planning
+        #: positions carried through the slices together: 16 per thread (their 128^2 waves, 2 MB
+        #: per thread, stay in cache)
+        self.chunk_positions = 16 * self.workers
         self._plans = {}
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
