@@ -124,14 +124,8 @@ class MultisliceEngine:
                         if (params.tv_z_weight_VA > 0 or params.tv_xy_weight_VA > 0) else None)
         if params.position_correction:
             self.wave_k = be.zeros((C, n, n), np.complex64)
-            # the exit wave's shift derivatives are needed after the backward pass, when the
-            # entrance waves of slices 0 and 1 are no longer: they reuse those slots (the last
-            # slice's entrance wave, which the derivatives read, must stay distinct)
-            if nz >= 3:
-                self.dX, self.dY = self.psi[0], self.psi[1]
-            else:
-                self.dX = be.zeros((C, n, n), np.complex64)
-                self.dY = be.zeros((C, n, n), np.complex64)
+            self.dX = be.zeros((C, n, n), np.complex64)
+            self.dY = be.zeros((C, n, n), np.complex64)
             self.vproj = be.zeros(self.obj_shape, np.float32)
             self.pcurv = be.zeros((B, 2), np.float64)
         self.sum_a2 = sum_of_squares(amplitudes)
