@@ -7,7 +7,8 @@ orders them. Gradients are hand-derived (Wirtinger calculus, ``dL = Re <g, dz>``
 * detector: amplitude loss ``g_Psi = 2 (Psi - a Psi/|Psi|)``, Poisson ``2 Psi (1 - a^2/|Psi|^2)``;
 * unitary FFTs and propagators: the adjoint is the inverse (conjugate propagator);
 * transmission ``phi = psi * T``: ``g_psi = conj(T) g_phi`` and, with ``T = exp(i sigma V)``,
-  ``dL/dV = sigma Im(conj(psi) conj(T) g_phi)`` scattered into the object window;
+  ``dL/dV = sigma Im(conj(psi) conj(T) g_phi) = sigma Im(conj(phi) g_phi)`` scattered into the
+  object window (the forward pass keeps the exit waves ``phi`` of every slice);
 * probe ``psi_0 = IFFT(P_k ramp)``: ``g_P = sum_b conj(ramp_b) FFT(g_psi0_b)``;
 * sub-pixel position: ``dL/df = 2 pi sum k Im(conj(FFT(g_psi0)) P_k ramp)``.
 
@@ -155,9 +156,10 @@ class MultisliceEngine:
     # -- forward model ----------------------------------------------------------------------------
     def _forward(self, idx: np.ndarray):
         """Multislice forward pass of positions ``idx`` (at most one chunk) with the current
-        state: fills the wave stack ``psi[:, :nb]`` (entrance wave of every slice) and the phase
-        ramps, and returns the exit waves in Fourier space, ``g[:nb]`` (unnormalised FFT), and
-        the window corners on the backend."""
+        state: fills the wave stack ``psi[:, :nb]`` with the exit wave of every slice (the
+        incident wave times the slice's transmission, multiplied in place, then carried to the
+        next slot by an out-of-place FFT) and the phase ramps, and returns the last exit wave in
+        Fourier space, ``g[:nb]`` (unnormalised FFT), and the window corners on the backend."""
         be = self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
@@ -168,13 +170,13 @@ class MultisliceEngine:
         be.ifft2(psi0)
         g = self.g[:nb]
         for s in range(nz):
-            out = self.psi[s + 1, :nb] if s < nz - 1 else g
-            be.transmit(self.psi[s, :nb], self.T[s], corners, out)
+            wave = self.psi[s, :nb]
+            be.transmit(wave, self.T[s], corners, wave)
+            nxt = self.psi[s + 1, :nb] if s < nz - 1 else g
+            be.fft2(wave, out=nxt)
             if s < nz - 1:
-                be.fft2(out)
-                be.multiply(out, self.h)
-                be.ifft2(out)
-        be.fft2(g)
+                be.multiply(nxt, self.h)
+                be.ifft2(nxt)
         return g, corners
 
     def model_patterns(self, idx: np.ndarray) -> np.ndarray:
@@ -244,8 +246,8 @@ class MultisliceEngine:
                     self.gPk += self.gPk_chunk
             if update_positions and gradients is None:
                 # the exit wave's shift derivatives (at the state the gradients were taken at)
-                K.exit_shift_derivative(self.psi[nz - 1, :m], self.T[nz - 1], self.vproj, corners, m,
-                                        self.sigma, self.dX, self.dY)
+                K.exit_shift_derivative(self.psi[nz - 1, :m], self.vproj, corners, m, self.sigma, self.dX,
+                                        self.dY)
                 be.fft2(self.dX[:m])
                 be.fft2(self.dY[:m])
                 K.position_curvature(self.wave_k, self.dX, self.dY, m, self.pcurv[c0:c0 + m])
@@ -416,7 +418,7 @@ def _fingerprint(params: ReconstructionParameters, *arrays) -> str:
 def reconstruct(datacube, calibration: Calibration, params: ReconstructionParameters | None = None, *,
                 initial_aberrations: physics.Aberrations | None = None, initial_probe=None,
                 initial_positions_A=None, vacuum_probe_intensity=None, checkpoint_path=None,
-                logger: logging.Logger | None = None, backend=None) -> ReconstructionResult:
+                logger: logging.Logger | None = None, backend=None, on_iteration=None) -> ReconstructionResult:
     """Multislice ptychographic reconstruction by mini-batch gradient descent.
 
     Parameters
@@ -445,6 +447,9 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
         Receives one line per iteration (default ``msptycho.ptycho``).
     backend : object, optional
         FFTs and kernels (default :class:`~msptycho.ptycho.kernels_cpu.CPUBackend`).
+    on_iteration : callable, optional
+        Called as ``on_iteration(iteration, seconds)`` after each iteration's log line (its time
+        is not part of ``seconds``; progress displays, benchmarks).
 
     Returns
     -------
@@ -550,6 +555,8 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
                  err, eng.history["loss"][-1], eng.history["step"][-1], eng.history["seconds"][-1])
         if checkpoint_path is not None and params.checkpoint_every and it % params.checkpoint_every == 0:
             rio.write_checkpoint(checkpoint_path, eng.state(), fp)
+        if on_iteration is not None:
+            on_iteration(it, eng.history["seconds"][-1])
 
     ab = {}
     if chi is not None:

@@ -96,19 +96,23 @@ def _scratch_like(a: np.ndarray) -> np.ndarray:
     return buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
 
 
-def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path | None = None):
-    """In-place 2-D FFTW plan over ``a``'s last two axes from this machine's wisdom.
+def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path | None = None,
+                  out: np.ndarray | None = None):
+    """2-D FFTW plan over the last two axes of ``a`` (in place, or into ``out``) from this
+    machine's wisdom.
 
-    A transform not yet in the wisdom file is timed (``FFTW_MEASURE``) on a scratch array of the
-    same shape and alignment, so ``a``'s contents are kept, and the file is updated.
+    A transform not yet in the wisdom file is timed (``FFTW_MEASURE``) on scratch arrays of the
+    same shape and alignment, so the contents of ``a`` and ``out`` are kept, and the file is
+    updated.
     """
     path = wisdom_path() if path is None else Path(path)
+    out = a if out is None else out
     kw = dict(axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD", threads=threads)
 
     def from_wisdom():
         """The plan from FFTW's wisdom in memory, or None if it has none for this transform."""
         try:
-            return pyfftw.FFTW(a, a, flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), **kw)
+            return pyfftw.FFTW(a, out, flags=("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), **kw)
         except RuntimeError:
             return None
 
@@ -121,7 +125,7 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
             plan = from_wisdom()
             if plan is not None:
                 return plan
-            _measure(pyfftw, a, kw)
+            _measure(pyfftw, a, out, kw)
             _export(pyfftw, path)
     except OSError as e:
         # a read-only or missing cache folder: time the plan for this process only
@@ -131,13 +135,13 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
                         "only, so another run may pick other plans (last-bit differences); set "
                         "MSPTYCHO_FFTW_WISDOM to a writable file", path, e)
         if from_wisdom() is None:
-            _measure(pyfftw, a, kw)
+            _measure(pyfftw, a, out, kw)
     plan = from_wisdom()
     # safety net: the scratch array matches a's alignment, so the wisdom should always apply
-    return plan if plan is not None else pyfftw.FFTW(a, a, flags=("FFTW_ESTIMATE",), **kw)
+    return plan if plan is not None else pyfftw.FFTW(a, out, flags=("FFTW_ESTIMATE",), **kw)
 
 
-def _measure(pyfftw, a, kw) -> None:
+def _measure(pyfftw, a, out, kw) -> None:
     """Time the transform on a scratch array like ``a`` (adds it to FFTW's in-memory wisdom)."""
     s = _scratch_like(a)
     pyfftw.FFTW(s, s, flags=("FFTW_MEASURE",), **kw)

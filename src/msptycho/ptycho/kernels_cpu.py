@@ -130,10 +130,35 @@ def _transmit(psi, trans, corners, out):
                 o[2 * j + 1] = pr * ti + pi * tr
 
 
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _transmit_in_place(psi, trans, corners):
+    nb = psi.shape[0]
+    n0 = psi.shape[1]
+    n1 = psi.shape[2] // 2
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = 2 * corners[b, 1]
+        for i in range(n0):
+            p = psi[b, i]
+            t = trans[x0 + i, y0:y0 + 2 * n1]
+            for j in range(n1):
+                pr = p[2 * j]
+                pi = p[2 * j + 1]
+                tr = t[2 * j]
+                ti = t[2 * j + 1]
+                p[2 * j] = pr * tr - pi * ti
+                p[2 * j + 1] = pr * ti + pi * tr
+
+
 def transmit(psi, trans, corners, out):
     """Transmission through one slice: ``out[b] = psi[b] * trans[window b]``, the window of
-    position ``b`` starting at object pixel ``corners[b]`` (``trans = exp(i sigma V)``)."""
-    _transmit(_f(psi), _f(trans), corners, _f(out))
+    position ``b`` starting at object pixel ``corners[b]`` (``trans = exp(i sigma V)``); ``out``
+    may be ``psi`` (in place)."""
+    if out is psi:
+        # its own kernel: with two names for one array LLVM's alias check picks the scalar loop
+        _transmit_in_place(_f(psi), _f(trans), corners)
+    else:
+        _transmit(_f(psi), _f(trans), corners, _f(out))
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -221,64 +246,81 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     _residual(_f(wave_k), amplitudes, index, poisson, scale, err, loss)
 
 
+#: Object rows per task of :func:`back_slice`: a task walks its rows of each window in turn.
+BACK_SLICE_ROWS = 8
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
-def _back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
+def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
     nx = grad.shape[0]
     ny = grad.shape[1]
     n0 = g.shape[1]
     n1 = g.shape[2] // 2
     sg = np.float32(sigma)
-    for x in prange(nx):
-        lo = ny
-        hi = 0
-        grow = grad[x]
-        irow = illum[x]
-        trow = trans[x]
-        for b in range(nb):
-            i = x - corners[b, 0]
-            if i < 0 or i >= n0:
-                continue
+    # the rows the windows cover, split into tasks of R rows (so every thread gets a share)
+    first = nx
+    last = 0
+    for b in range(nb):
+        first = min(first, max(corners[b, 0], 0))
+        last = max(last, min(corners[b, 0] + n0, nx))
+    for x in range(nx):
+        if x < first or x >= last:
+            row_lo[x] = ny
+            row_hi[x] = 0
+            row_max[x] = 0
+    R = BACK_SLICE_ROWS
+    for task in prange((max(last - first, 0) + R - 1) // R):
+        xa = first + task * R
+        xe = min(xa + R, last)
+        for x in range(xa, xe):
+            row_lo[x] = ny
+            row_hi[x] = 0
+        for b in range(nb):                 # batch order: every pixel sums in the same order
+            x0 = corners[b, 0]
             y0 = corners[b, 1]
-            lo = min(lo, y0)
-            hi = max(hi, y0 + n1)
-            gb = g[b, i]
-            pb = psi[b, i]
-            t = trow[2 * y0:2 * (y0 + n1)]
-            gr_ = grow[y0:y0 + n1]
-            ir_ = irow[y0:y0 + n1]
-            for j in range(n1):
-                tr = t[2 * j]
-                ti = t[2 * j + 1]
-                gr = gb[2 * j]
-                gi = gb[2 * j + 1]
-                ur = tr * gr + ti * gi          # conj(T) g
-                ui = tr * gi - ti * gr
-                gb[2 * j] = ur
-                gb[2 * j + 1] = ui
-                pr = pb[2 * j]
-                pi = pb[2 * j + 1]
-                gr_[j] += sg * (pr * ui - pi * ur)
-                ir_[j] += pr * pr + pi * pi
-        m = np.float32(0.0)
-        for y in range(lo, hi):
-            m = max(m, irow[y])
-        row_lo[x] = lo
-        row_hi[x] = hi
-        row_max[x] = m
+            for x in range(max(xa, x0), min(xe, x0 + n0)):
+                i = x - x0
+                row_lo[x] = min(row_lo[x], y0)
+                row_hi[x] = max(row_hi[x], y0 + n1)
+                gb = g[b, i]
+                pb = exit_wave[b, i]
+                t = trans[x, 2 * y0:2 * (y0 + n1)]
+                gr_ = grad[x, y0:y0 + n1]
+                ir_ = illum[x, y0:y0 + n1]
+                for j in range(n1):
+                    tr = t[2 * j]
+                    ti = t[2 * j + 1]
+                    gr = gb[2 * j]
+                    gi = gb[2 * j + 1]
+                    pr = pb[2 * j]
+                    pi = pb[2 * j + 1]
+                    gr_[j] += sg * (pr * gi - pi * gr)      # sigma Im(conj(exit) g)
+                    ir_[j] += pr * pr + pi * pi
+                    gb[2 * j] = tr * gr + ti * gi          # conj(T) g
+                    gb[2 * j + 1] = tr * gi - ti * gr
+        for x in range(xa, xe):
+            m = np.float32(0.0)
+            irow = illum[x]
+            for y in range(row_lo[x], row_hi[x]):
+                m = max(m, irow[y])
+            row_max[x] = m
 
 
-def back_slice(g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
+def back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
     """Back-propagate through one slice's transmission and scatter the potential gradient.
 
-    On entry ``g[b]`` is the gradient with respect to the slice's exit wave; on exit it is the
-    gradient with respect to its incident wave, ``conj(T) * g`` (``T = trans[window b]``). The
-    potential gradient ``sigma * Im(conj(psi) * conj(T) * g)`` and the illumination ``|psi|^2``
-    are added into ``grad`` and ``illum`` (object-sized, zero on entry). Parallel over object
-    rows; within a row the positions are visited in batch order (deterministic). ``row_lo/row_hi``
-    receive the touched column span of each row (``lo >= hi`` when untouched) and ``row_max`` the
-    row's largest illumination.
+    On entry ``g[b]`` is the gradient with respect to the slice's exit wave ``exit_wave[b] =
+    psi[b] * T`` (``psi`` the incident wave, ``T = trans[window b] = exp(i sigma V)``); on exit it
+    is the gradient with respect to the incident wave, ``conj(T) * g``. The potential gradient
+    ``sigma * Im(conj(psi) * conj(T) * g) = sigma * Im(conj(exit) * g)`` and the illumination
+    ``|psi|^2 = |exit|^2`` are added into ``grad`` and ``illum`` (object-sized, zero on entry).
+    Parallel over blocks of :data:`BACK_SLICE_ROWS` object rows within the rows the windows
+    cover; a block's rows of each window are visited in batch order, so every pixel sums its
+    positions in batch order (deterministic for any thread count). ``row_lo/row_hi`` receive the
+    touched column span of each row (``lo >= hi`` when untouched) and ``row_max`` the row's
+    largest illumination.
     """
-    _back_slice(_f(g), _f(psi), _f(trans), corners, nb, sigma, grad, illum, row_lo, row_hi, row_max)
+    _back_slice(_f(g), _f(exit_wave), _f(trans), corners, nb, sigma, grad, illum, row_lo, row_hi, row_max)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -398,11 +440,11 @@ def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
 
 
 @njit(inline="always", fastmath=FAST)
-def _write_exit_times_ig(p, t, j, gx, gy, ox, oy):
-    """``ox[j] = exit * i gx`` and ``oy[j] = exit * i gy`` with ``exit = p[j] * t[j]`` (float32
-    (re, im) rows)."""
-    er = p[2 * j] * t[2 * j] - p[2 * j + 1] * t[2 * j + 1]
-    ei = p[2 * j] * t[2 * j + 1] + p[2 * j + 1] * t[2 * j]
+def _write_exit_times_ig(p, j, gx, gy, ox, oy):
+    """``ox[j] = exit * i gx`` and ``oy[j] = exit * i gy`` with ``exit = p[j]`` (float32 (re, im)
+    rows)."""
+    er = p[2 * j]
+    ei = p[2 * j + 1]
     ox[2 * j] = -ei * gx
     ox[2 * j + 1] = er * gx
     oy[2 * j] = -ei * gy
@@ -410,7 +452,7 @@ def _write_exit_times_ig(p, t, j, gx, gy, ox, oy):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
+def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
     nx, ny = projected.shape
@@ -422,8 +464,7 @@ def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
         inside = x0 >= 1 and y0 >= 1 and x0 + n0 + 1 <= nx and y0 + n1 + 1 <= ny
         for i in range(n0):
             X = x0 + i
-            p = psi[b, i]
-            t = trans[X, 2 * y0:2 * (y0 + n1)]
+            p = exit_wave[b, i]
             ox = dx[b, i]
             oy = dy[b, i]
             vm = projected[max(X - 1, 0), y0:y0 + n1]
@@ -432,20 +473,20 @@ def _exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
                 vl = projected[X, y0 - 1:y0 + n1 - 1]
                 vr = projected[X, y0 + 1:y0 + n1 + 1]
                 for j in range(n1):
-                    _write_exit_times_ig(p, t, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
+                    _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
             else:
                 v0 = projected[X]
                 for j in range(n1):
                     Y = y0 + j
-                    _write_exit_times_ig(p, t, j, hs * (vp[j] - vm[j]),
+                    _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]),
                                          hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)]), ox, oy)
 
 
-def exit_shift_derivative(psi, trans, projected, corners, nb, sigma, dx, dy):
+def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     """Approximate derivative of the exit wave with respect to a shift of the object under the
     probe (projection approximation): ``exit * i sigma dVproj/dx`` (per pixel), for the
     Gauss-Newton curvature of the position update."""
-    _exit_shift_derivative(_f(psi), _f(trans), projected, corners, nb, sigma, _f(dx), _f(dy))
+    _exit_shift_derivative(_f(exit_wave), projected, corners, nb, sigma, _f(dx), _f(dy))
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -570,14 +611,15 @@ def clip_negative(potential):
 
 class _ScipyPocketfft:
     """scipy's pocketfft through the public :mod:`scipy.fft` (scipy >= 1.18 has no private in-place
-    entry): the transform writes into its input where scipy can (``overwrite_x``), else is copied
-    back. Same ``c2c(a, axes, forward, norm, out, workers)`` call as ``pypocketfft``."""
+    entry): an in-place transform writes into its input where scipy can (``overwrite_x``), else is
+    copied back; with ``out`` other than ``a``, ``a`` is kept. Same ``c2c(a, axes, forward, norm,
+    out, workers)`` call as ``pypocketfft``."""
 
     @staticmethod
     def c2c(a, axes, forward, norm, out, workers):
         import scipy.fft
         f = scipy.fft.fftn if forward else scipy.fft.ifftn
-        r = f(a, axes=axes, norm="backward" if forward else "forward", overwrite_x=True, workers=workers)
+        r = f(a, axes=axes, norm="backward" if forward else "forward", overwrite_x=out is a, workers=workers)
         if r is not out:
             out[...] = r
 
@@ -664,35 +706,37 @@ class CPUBackend:
             return a
         return np.zeros(shape, dtype=dtype)
 
-    def _plan(self, a, forward):
-        key = (a.__array_interface__["data"][0], a.shape, forward)
+    def _plan(self, a, forward, out):
+        key = (a.__array_interface__["data"][0], out.__array_interface__["data"][0], a.shape, forward)
         plan = self._plans.get(key)
         if plan is None:
-            if self.fft_planning == "measure" and a.flags.c_contiguous:
-                plan = measured_plan(self._fftw, a, forward, self.workers)
+            if self.fft_planning == "measure" and a.flags.c_contiguous and out.flags.c_contiguous:
+                plan = measured_plan(self._fftw, a, forward, self.workers, out=out)
             else:
-                plan = self._fftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+                plan = self._fftw.FFTW(a, out, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
                                        flags=("FFTW_ESTIMATE",), threads=self.workers)
             self._plans[key] = plan
         return plan
 
-    def fft2(self, a: np.ndarray) -> None:
-        """Unnormalised forward 2-D FFT over the last two axes, in place."""
+    def _fft(self, a, forward, out):
+        out = a if out is None else out
         if self.fft_library == "fftw":
-            self._plan(a, True).execute()
+            self._plan(a, forward, out).execute()
         elif self.fft_library == "pocketfft":
-            self._pfft.c2c(a, (-2, -1), True, 0, a, self.workers)
+            self._pfft.c2c(a, (-2, -1), forward, 0, out, self.workers)
+        elif forward:
+            out[...] = np.fft.fft2(a)  # not out=: numpy 2.4's in-place ifft2 over two axes is wrong
         else:
-            a[...] = np.fft.fft2(a)  # not out=a: numpy 2.4's in-place ifft2 over two axes is wrong
+            out[...] = np.fft.ifft2(a, norm="forward")
 
-    def ifft2(self, a: np.ndarray) -> None:
-        """Unnormalised inverse 2-D FFT over the last two axes, in place."""
-        if self.fft_library == "fftw":
-            self._plan(a, False).execute()
-        elif self.fft_library == "pocketfft":
-            self._pfft.c2c(a, (-2, -1), False, 0, a, self.workers)
-        else:
-            a[...] = np.fft.ifft2(a, norm="forward")
+    def fft2(self, a: np.ndarray, out: np.ndarray | None = None) -> None:
+        """Unnormalised forward 2-D FFT over the last two axes, in place or into ``out`` (same
+        shape; ``a`` is then kept)."""
+        self._fft(a, True, out)
+
+    def ifft2(self, a: np.ndarray, out: np.ndarray | None = None) -> None:
+        """Unnormalised inverse 2-D FFT over the last two axes, in place or into ``out``."""
+        self._fft(a, False, out)
 
     def asarray(self, a):
         return a

@@ -81,12 +81,12 @@ def cuda_available() -> tuple[bool, str]:
 
 _BACK_SLICE_SRC = r"""
 extern "C" __global__
-void msp_back_slice(float* g, const float* psi, const float* T, const long long* c,
+void msp_back_slice(float* g, const float* ex, const float* T, const long long* c,
                     const int nb, const int n0, const int n1, const int nx, const int ny,
                     const float sg, float* grad, float* illum,
                     long long* row_lo, long long* row_hi, float* row_max)
 {
-    // g, psi: (nb, n0, n1) complex64 as interleaved floats; T, grad, illum: (nx, ny);
+    // g, ex (exit waves): (nb, n0, n1) complex64 as interleaved floats; T, grad, illum: (nx, ny);
     // row_lo = ny, row_hi = 0, row_max = 0 on entry
     const int y = blockIdx.x * blockDim.x + threadIdx.x;
     const int x = blockIdx.y;
@@ -102,12 +102,11 @@ void msp_back_slice(float* g, const float* psi, const float* T, const long long*
         if (j < 0 || j >= n1) continue;
         const long long k = 2 * (((long long)b * n0 + i) * n1 + j);
         const float gr = g[k], gi = g[k + 1];
-        const float ur = tr * gr - ti * gi, ui = tr * gi + ti * gr;
-        g[k] = ur;
-        g[k + 1] = ui;
-        const float pr = psi[k], pi = psi[k + 1];
-        gs += sg * (pr * ui - pi * ur);
+        const float pr = ex[k], pi = ex[k + 1];
+        gs += sg * (pr * gi - pi * gr);                      // sigma Im(conj(exit) g)
         il += pr * pr + pi * pi;
+        g[k] = tr * gr - ti * gi;                            // conj(T) g
+        g[k + 1] = tr * gi + ti * gr;
         hit = true;
         // touched span of the row: min/max are exact whatever the order (deterministic)
         if (j == 0) atomicMin(&row_lo[x], c[2 * b + 1]);
@@ -288,12 +287,19 @@ class GPUBackend:
             np.fft.ifft(a, axis=-1, norm="forward", out=a)
             np.fft.ifft(a, axis=-2, norm="forward", out=a)
 
-    def fft2(self, a) -> None:
-        """Unnormalised forward 2-D FFT over the last two axes, in place."""
+    def fft2(self, a, out=None) -> None:
+        """Unnormalised forward 2-D FFT over the last two axes, in place or into ``out`` (same
+        shape; ``a`` is then kept: copied into ``out`` and transformed there)."""
+        if out is not None and out is not a:
+            out[...] = a
+            a = out
         self._fft(a, True)
 
-    def ifft2(self, a) -> None:
-        """Unnormalised inverse 2-D FFT over the last two axes, in place."""
+    def ifft2(self, a, out=None) -> None:
+        """Unnormalised inverse 2-D FFT over the last two axes, in place or into ``out``."""
+        if out is not None and out is not a:
+            out[...] = a
+            a = out
         self._fft(a, False)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -411,7 +417,7 @@ class GPUBackend:
             row_lo[...] = ny
             row_hi[...] = 0
 
-    def back_slice(self, g, psi, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
+    def back_slice(self, g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
         """Back-propagate through one slice's transmission and add the potential gradient and the
         illumination into ``grad``/``illum`` (see kernels_cpu.back_slice).
 
@@ -426,7 +432,7 @@ class GPUBackend:
         sg = np.float32(sigma)
         if self.fused:
             c = xp.ascontiguousarray(corners[:nb])
-            for arr in (g, psi, trans, grad, illum):
+            for arr in (g, exit_wave, trans, grad, illum):
                 if not arr.flags.c_contiguous:
                     raise ValueError("GPUBackend.back_slice needs C-contiguous arrays")
             for arr in (row_lo, row_hi, row_max):
@@ -435,17 +441,17 @@ class GPUBackend:
             self._k.row_init(np.int64(ny), row_lo, row_hi, row_max)
             block = 256
             self._k.back_slice(((ny + block - 1) // block, nx), (block,),
-                               (g.view(np.float32), psi.view(np.float32), trans.view(np.float32), c,
+                               (g.view(np.float32), exit_wave.view(np.float32), trans.view(np.float32), c,
                                 np.int32(nb), np.int32(n0), np.int32(n1), np.int32(nx), np.int32(ny), sg,
                                 grad, illum, row_lo, row_hi, row_max))
             return
         else:
             rows, cols = self._windows(corners, nb, n0, n1)
-            u = xp.conj(trans[rows, cols]) * g[:nb]
-            g[:nb] = u
-            p = psi[:nb]
-            contrib = sg * (p.real * u.imag - p.imag * u.real)
+            u = g[:nb]
+            p = exit_wave[:nb]
+            contrib = sg * (p.real * u.imag - p.imag * u.real)      # sigma Im(conj(exit) g)
             il = p.real * p.real + p.imag * p.imag
+            g[:nb] = xp.conj(trans[rows, cols]) * u
             ch = self.asnumpy(corners[:nb])
             for b in range(nb):                       # batch order, as on the CPU (deterministic)
                 x0, y0 = int(ch[b, 0]), int(ch[b, 1])
@@ -504,7 +510,7 @@ class GPUBackend:
         """``out = sum_s potential[s]`` (float32, slice order)."""
         out[...] = potential.sum(axis=0, dtype=np.float32)
 
-    def exit_shift_derivative(self, psi, trans, projected, corners, nb, sigma, dx, dy):
+    def exit_shift_derivative(self, exit_wave, projected, corners, nb, sigma, dx, dy):
         """``exit * i sigma dVproj/dx`` (and y) per window pixel, central differences clamped at
         the object edge (see kernels_cpu.exit_shift_derivative)."""
         xp = self.xp
@@ -513,7 +519,7 @@ class GPUBackend:
         X, Y = self._windows(corners, nb, n0, n1)
         xm, xq = xp.maximum(X - 1, 0), xp.minimum(X + 1, nx - 1)
         ym, yq = xp.maximum(Y - 1, 0), xp.minimum(Y + 1, ny - 1)
-        ex = psi[:nb] * trans[X, Y]
+        ex = exit_wave[:nb]
         hs = np.float32(0.5 * sigma)
         gx = hs * (projected[xq, Y] - projected[xm, Y])
         gy = hs * (projected[X, yq] - projected[X, ym])
