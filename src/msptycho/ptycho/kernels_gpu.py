@@ -144,6 +144,16 @@ class _CudaKernels:
             const ptrdiff_t b = i / npix, r = i - b * npix, ii = r / n1, jj = r - ii * n1;
             out = psi * Tr[(c[2 * b] + ii) * ny + c[2 * b + 1] + jj];
             """, "msp_transmit")
+        # in place: the wave is the kernel's output only (an input that is also the output would
+        # make CuPy copy it first)
+        self.transmit_in_place = EK(
+            "raw complex64 Tr, raw int64 c, int32 n0, int32 n1, int32 ny",
+            "complex64 psi",
+            """
+            const ptrdiff_t npix = (ptrdiff_t)n0 * n1;
+            const ptrdiff_t b = i / npix, r = i - b * npix, ii = r / n1, jj = r - ii * n1;
+            psi = psi * Tr[(c[2 * b] + ii) * ny + c[2 * b + 1] + jj];
+            """, "msp_transmit_in_place")
         self.residual = EK(
             "raw float32 A, raw int64 idx, float32 sc, int32 mode, int32 npix",
             "complex64 w, float32 e, float32 lo",
@@ -353,11 +363,15 @@ class GPUBackend:
         trans[...] = self._sincos(self.xp, np.float32(sigma) * potential)
 
     def transmit(self, psi, trans, corners, out):
-        """``out[b] = psi[b] * trans[window b]`` (window of position ``b`` at ``corners[b]``)."""
+        """``out[b] = psi[b] * trans[window b]`` (window of position ``b`` at ``corners[b]``);
+        ``out`` may be ``psi`` (in place)."""
         nb, n0, n1 = psi.shape
         if self.fused:
-            self._k.transmit(psi, trans, self.xp.ascontiguousarray(corners[:nb]), np.int32(n0), np.int32(n1),
-                             np.int32(trans.shape[1]), out)
+            c = self.xp.ascontiguousarray(corners[:nb])
+            if out is psi:
+                self._k.transmit_in_place(trans, c, np.int32(n0), np.int32(n1), np.int32(trans.shape[1]), psi)
+            else:
+                self._k.transmit(psi, trans, c, np.int32(n0), np.int32(n1), np.int32(trans.shape[1]), out)
             return
         rows, cols = self._windows(corners, nb, n0, n1)
         self.xp.multiply(psi, trans[rows, cols], out=out)
