@@ -71,7 +71,9 @@ def refresh_transmission(potential, sigma, trans):
 # the last axis), which LLVM vectorises where Numba's complex type is not; the public functions
 # below take and return the complex64 arrays. FAST allows reassociation inside a kernel (SIMD
 # sums), which changes the rounding but not the run-to-run determinism: the order is fixed by the
-# compiled code. NaN and infinity keep their IEEE meaning (no "nnan"/"ninf").
+# compiled code. NaN and infinity keep their IEEE meaning (no "nnan"/"ninf"). Kernels that divide
+# use numpy's error model (no zero check per division, which stops LLVM from vectorising); their
+# denominators are kept away from zero explicitly.
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: Largest per-update phase change (rad) followed by a Taylor series in :func:`update_object`.
 SMALL_PHASE_RAD = 0.05
@@ -182,7 +184,7 @@ def multiply(a, h):
     _multiply(_f(a), _f(h))
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     nb = wave_k.shape[0]
     n0 = wave_k.shape[1]
@@ -323,42 +325,48 @@ def back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, row
     _back_slice(_f(g), _f(exit_wave), _f(trans), corners, nb, sigma, grad, illum, row_lo, row_hi, row_max)
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
+    # one loop per array written, over slices starting at 0 (no negative-index wraparound) and
+    # numpy's division (no zero check): LLVM vectorises them, which it does not for one loop
+    # writing four arrays
     sg = np.float32(sigma)
     c = np.float32(coef)
     fl = np.float32(floor)
     small = np.float32(SMALL_PHASE_RAD)
     for x in prange(potential.shape[0]):
-        vrow = potential[x]
-        trow = trans[x]
-        grow = grad[x]
-        irow = illum[x]
         lo = row_lo[x]
-        hi = row_hi[x]
+        n = max(row_hi[x] - lo, 0)
+        v = potential[x, lo:lo + n]
+        t = trans[x, 2 * lo:2 * (lo + n)]
+        g = grad[x, lo:lo + n]
+        il = illum[x, lo:lo + n]
+        for y in range(n):              # the step, kept in the gradient row
+            g[y] = c * g[y] / (il[y] + fl) if il[y] > 0 else np.float32(0.0)
         big = np.float32(0.0)
-        for y in range(lo, hi):
-            il = irow[y]
-            d = c * grow[y] / (il + fl) if il > 0 else np.float32(0.0)
-            vrow[y] -= d
-            # T *= exp(-i sigma d) by its Taylor series (exact to float32 for |sigma d| < SMALL)
-            e = -sg * d
-            e2 = e * e
-            er = np.float32(1.0) - e2 * (np.float32(0.5) - e2 * np.float32(1.0 / 24))
-            ei = e * (np.float32(1.0) - e2 * (np.float32(1.0 / 6) - e2 * np.float32(1.0 / 120)))
-            tr = trow[2 * y]
-            ti = trow[2 * y + 1]
-            trow[2 * y] = tr * er - ti * ei
-            trow[2 * y + 1] = tr * ei + ti * er
-            big = max(big, abs(e))
-            grow[y] = 0
-            irow[y] = 0
-        if big >= small:
+        for y in range(n):
+            v[y] -= g[y]
+            big = max(big, abs(g[y]))
+        if sg * big >= small:
             # a large step somewhere in the row: recompute the row's transmission exactly
-            for y in range(lo, hi):
-                ph = sg * vrow[y]
-                trow[2 * y] = math.cos(ph)
-                trow[2 * y + 1] = math.sin(ph)
+            for y in range(n):
+                ph = sg * v[y]
+                t[2 * y] = math.cos(ph)
+                t[2 * y + 1] = math.sin(ph)
+        else:
+            for y in range(n):
+                # T *= exp(-i sigma d) by its Taylor series (exact to float32 for |sigma d| < SMALL)
+                e = -sg * g[y]
+                e2 = e * e
+                er = np.float32(1.0) - e2 * (np.float32(0.5) - e2 * np.float32(1.0 / 24))
+                ei = e * (np.float32(1.0) - e2 * (np.float32(1.0 / 6) - e2 * np.float32(1.0 / 120)))
+                tr = t[2 * y]
+                ti = t[2 * y + 1]
+                t[2 * y] = tr * er - ti * ei
+                t[2 * y + 1] = tr * ei + ti * er
+        for y in range(n):
+            g[y] = 0
+            il[y] = 0
 
 
 def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
@@ -489,7 +497,7 @@ def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     _exit_shift_derivative(_f(exit_wave), projected, corners, nb, sigma, _f(dx), _f(dy))
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _position_curvature(wave_k, dx, dy, nb, out):
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
