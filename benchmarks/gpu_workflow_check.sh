@@ -8,7 +8,8 @@
 #      seconds per iteration, error history), checks that the GPU rule made it, and writes
 #      summary.json.
 # Usage: benchmarks/gpu_workflow_check.sh [OUT_DIR]   (run from the repository root; needs numpy,
-# scipy, numba, h5py, scikit-image, matplotlib, pyyaml, scikit-learn and cupy installed, and .whl/;
+# scipy, numba, h5py, scikit-image, matplotlib, pyyaml, scikit-learn and cupy installed, and .whl/
+# (made by benchmarks/make_gpu_wheelhouse.sh);
 # msptycho is taken from src/). The whole script ends within TOTAL_TIMEOUT seconds (default 400).
 # Exit status 0 only when reconstruct_gpu produced a complete reconstruction with cuFFT.
 set -u -o pipefail
