@@ -112,27 +112,6 @@ def incident(probe_k, rampx, rampy, scale, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def _transmit(psi, trans, corners, out):
-    nb = psi.shape[0]
-    n0 = psi.shape[1]
-    n1 = psi.shape[2] // 2
-    for b in prange(nb):
-        x0 = corners[b, 0]
-        y0 = 2 * corners[b, 1]
-        for i in range(n0):
-            p = psi[b, i]
-            t = trans[x0 + i, y0:y0 + 2 * n1]
-            o = out[b, i]
-            for j in range(n1):
-                pr = p[2 * j]
-                pi = p[2 * j + 1]
-                tr = t[2 * j]
-                ti = t[2 * j + 1]
-                o[2 * j] = pr * tr - pi * ti
-                o[2 * j + 1] = pr * ti + pi * tr
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
 def _transmit_in_place(psi, trans, corners):
     nb = psi.shape[0]
     n0 = psi.shape[1]
@@ -155,12 +134,12 @@ def _transmit_in_place(psi, trans, corners):
 def transmit(psi, trans, corners, out):
     """Transmission through one slice: ``out[b] = psi[b] * trans[window b]``, the window of
     position ``b`` starting at object pixel ``corners[b]`` (``trans = exp(i sigma V)``); ``out``
-    may be ``psi`` (in place)."""
-    if out is psi:
-        # its own kernel: with two names for one array LLVM's alias check picks the scalar loop
-        _transmit_in_place(_f(psi), _f(trans), corners)
-    else:
-        _transmit(_f(psi), _f(trans), corners, _f(out))
+    may be ``psi`` (in place, as the engine calls it; otherwise ``psi`` is copied into ``out``
+    first)."""
+    if out is not psi:
+        out[...] = psi
+    # one array name for the wave: with two, LLVM's alias check would pick the scalar loop
+    _transmit_in_place(_f(out), _f(trans), corners)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
