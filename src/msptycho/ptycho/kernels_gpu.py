@@ -136,16 +136,8 @@ class _CudaKernels:
             const ptrdiff_t b = i / npix, r = i - b * npix, ii = r / n1, jj = r - ii * n1;
             out = P[r] * (rx[b * n0 + ii] * sc) * ry[b * n1 + jj];
             """, "msp_incident")
-        self.transmit = EK(
-            "complex64 psi, raw complex64 Tr, raw int64 c, int32 n0, int32 n1, int32 ny",
-            "complex64 out",
-            """
-            const ptrdiff_t npix = (ptrdiff_t)n0 * n1;
-            const ptrdiff_t b = i / npix, r = i - b * npix, ii = r / n1, jj = r - ii * n1;
-            out = psi * Tr[(c[2 * b] + ii) * ny + c[2 * b + 1] + jj];
-            """, "msp_transmit")
-        # in place: the wave is the kernel's output only (an input that is also the output would
-        # make CuPy copy it first)
+        # in place: the wave is the kernel's only array argument (an input that is also the output
+        # would make CuPy copy it first); out of place, the wave is copied into the output first
         self.transmit_in_place = EK(
             "raw complex64 Tr, raw int64 c, int32 n0, int32 n1, int32 ny",
             "complex64 psi",
@@ -367,11 +359,10 @@ class GPUBackend:
         ``out`` may be ``psi`` (in place)."""
         nb, n0, n1 = psi.shape
         if self.fused:
-            c = self.xp.ascontiguousarray(corners[:nb])
-            if out is psi:
-                self._k.transmit_in_place(trans, c, np.int32(n0), np.int32(n1), np.int32(trans.shape[1]), psi)
-            else:
-                self._k.transmit(psi, trans, c, np.int32(n0), np.int32(n1), np.int32(trans.shape[1]), out)
+            if out is not psi:
+                out[...] = psi
+            self._k.transmit_in_place(trans, self.xp.ascontiguousarray(corners[:nb]), np.int32(n0), np.int32(n1),
+                                      np.int32(trans.shape[1]), out)
             return
         rows, cols = self._windows(corners, nb, n0, n1)
         self.xp.multiply(psi, trans[rows, cols], out=out)
