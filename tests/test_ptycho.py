@@ -392,7 +392,7 @@ def test_cpu_ffts_are_unnormalised_in_place_and_batched(library, monkeypatch):
 def test_measured_fftw_plans_come_from_the_wisdom_file(tmp_path, monkeypatch):
     """A transform is timed once (on scratch: the data survive planning); a fresh process, here a
     backend after FFTW forgot its wisdom, makes the same plan from the file without timing again,
-    and gives the same bits."""
+    and gives the same bits; so does an out-of-place transform."""
     pyfftw = pytest.importorskip("pyfftw")
     from msptycho.ptycho import fftw_wisdom, kernels_cpu as kc
     path = tmp_path / "wisdom.pickle"
@@ -416,6 +416,15 @@ def test_measured_fftw_plans_come_from_the_wisdom_file(tmp_path, monkeypatch):
     be2.fft2(b)
     assert measured == [] and path.stat().st_mtime_ns == stamp
     assert np.array_equal(a, b)
+    # out of place (the forward pass): timed too, on scratch, and the plan comes from the wisdom,
+    # not from the FFTW_ESTIMATE safety net
+    c, d = be2.zeros(x.shape), be2.zeros(x.shape)
+    c[...] = x
+    be2.fft2(c, out=d)
+    assert len(measured) == 1 and np.array_equal(c, x)
+    np.testing.assert_allclose(d, b, rtol=0, atol=1e-5 * np.abs(b).max())   # another plan: other rounding
+    for key, plan in be2._plans.items():
+        assert "FFTW_WISDOM_ONLY" in plan.flags, key
     with pytest.raises(ValueError, match="fft_planning"):
         kc.CPUBackend(fft_planning="patient")
 

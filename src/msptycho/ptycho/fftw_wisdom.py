@@ -142,6 +142,7 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
 
 
 def _measure(pyfftw, a, out, kw) -> None:
-    """Time the transform on a scratch array like ``a`` (adds it to FFTW's in-memory wisdom)."""
+    """Time the transform on scratch arrays like ``a`` and ``out`` (adds it to FFTW's in-memory
+    wisdom; in place when ``out`` is ``a``)."""
     s = _scratch_like(a)
-    pyfftw.FFTW(s, s, flags=("FFTW_MEASURE",), **kw)
+    pyfftw.FFTW(s, s if out is a else _scratch_like(out), flags=("FFTW_MEASURE",), **kw)
