@@ -62,12 +62,8 @@ def main(argv=None):
     ab = physics.Aberrations(defocus_A=float(pr.get("defocus_A", 0.0)))
     params = ReconstructionParameters(num_slices=nz, slice_thickness_A=float(truth.slice_thickness_A),
                                       num_iterations=a.iterations, **json.loads(a.params))
-    backend = None
-    if a.backend == "gpu":
-        from msptycho.ptycho.kernels_gpu import GPUBackend
-        backend = GPUBackend()
     t0 = time.perf_counter()
-    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=backend)
+    res = reconstruct(dc, cal, params, initial_aberrations=ab, vacuum_probe_intensity=vac, backend=a.backend)
     wall = time.perf_counter() - t0
 
     shape = res.potential_VA.shape[1:]

@@ -29,15 +29,11 @@ try:
                                      probe_step_size=params.probe_step_size * scale).validate()
         cal = dataclasses.replace(cal, scan_rotation_deg=calib.scan_rotation_deg)
         vacuum = read_vacuum_probe(inp.vacuum_probe)[0] if inp.get("vacuum_probe") else None
-        backend = None
-        if snakemake.params.backend == "gpu":
-            from msptycho.ptycho.kernels_gpu import GPUBackend
-            backend = GPUBackend()
         log.info("reconstructing %s: %s, start %s, rotation %.2f deg, backend %s", snakemake.wildcards.sample,
                  cube.shape, calib.aberrations.as_dict(), cal.scan_rotation_deg, snakemake.params.backend)
         checkpoint = Path(out.reconstruction).with_name(".checkpoint.h5")
         result = reconstruct(cube, cal, params, initial_aberrations=calib.aberrations, vacuum_probe_intensity=vacuum,
-                             checkpoint_path=checkpoint, logger=log, backend=backend)
+                             checkpoint_path=checkpoint, logger=log, backend=snakemake.params.backend)
 
     prov = Provenance.collect(snakemake.rule, {"reconstruct": dataclasses.asdict(params),
                                                "start": calib.aberrations.as_dict(),

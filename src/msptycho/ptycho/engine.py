@@ -64,10 +64,12 @@ class MultisliceEngine:
         Basis and initial phase surface (see :func:`forward.fit_aberration_surface`).
     backend : object, optional
         FFTs and kernels (default :class:`CPUBackend`).
+    amplitude_sum_sq : float, optional
+        ``sum amplitudes^2`` when the caller has it already (the error's normaliser).
     """
 
     def __init__(self, amplitudes, probe_k, positions_px, object_shape, sigma, propagator_k, params,
-                 fourier_amplitude=None, aberration_basis=None, chi=None, backend=None):
+                 fourier_amplitude=None, aberration_basis=None, chi=None, backend=None, amplitude_sum_sq=None):
         self.p = params
         self.be = be = backend or CPUBackend(params.fft_workers, params.fft_library, params.fft_planning)
         # arrays the kernels touch live where the backend computes (identity on the CPU)
@@ -129,7 +131,7 @@ class MultisliceEngine:
             self.dY = be.zeros((C, n, n), np.complex64)
             self.vproj = be.zeros(self.obj_shape, np.float32)
             self.pcurv = be.zeros((B, 2), np.float64)
-        self.sum_a2 = sum_of_squares(amplitudes)
+        self.sum_a2 = sum_of_squares(amplitudes) if amplitude_sum_sq is None else float(amplitude_sum_sq)
         # curvature of the loss relative to the amplitude loss's: 1, because the Poisson update is
         # preconditioned per pixel to the amplitude loss's scale (kernels_cpu.residual, mode 2)
         self.curv = 1.0
@@ -445,8 +447,10 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
         matches the data and parameters, the run resumes from it.
     logger : logging.Logger, optional
         Receives one line per iteration (default ``msptycho.ptycho``).
-    backend : object, optional
-        FFTs and kernels (default :class:`~msptycho.ptycho.kernels_cpu.CPUBackend`).
+    backend : object or str, optional
+        FFTs and kernels, or their name: ``"cpu"`` (the default,
+        :class:`~msptycho.ptycho.kernels_cpu.CPUBackend`) or ``"gpu"``
+        (:class:`~msptycho.ptycho.kernels_gpu.GPUBackend`, CuPy).
     on_iteration : callable, optional
         Called as ``on_iteration(iteration, seconds)`` after each iteration's log line (its time
         is not part of ``seconds``; progress displays, benchmarks).
@@ -464,6 +468,14 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
 
     log = logger or LOG
     params = (params or ReconstructionParameters()).validate()
+    if isinstance(backend, str):
+        if backend not in ("cpu", "gpu"):
+            raise InputError(f"reconstruct: field 'backend' is {backend!r}; expected 'cpu' or 'gpu'.")
+        if backend == "gpu":
+            from .kernels_gpu import GPUBackend
+            backend = GPUBackend()
+        else:
+            backend = None      # the engine makes the CPU backend from the parameters
     cal = calibration
     if not isinstance(cal, Calibration):
         raise InputError(f"reconstruct: 'calibration' is a {type(cal).__name__}; expected a msptycho.io.Calibration.")
@@ -477,7 +489,8 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
     n = qx
     amps = prepare_amplitudes(datacube, cal.detector_center_px)
     N = rx * ry
-    mean_counts = sum_of_squares(amps) / N
+    sum_a2 = sum_of_squares(amps)
+    mean_counts = sum_a2 / N
     if not mean_counts > 0:
         raise InputError("reconstruct: field 'datacube' holds no counts; expected diffraction patterns with signal.")
 
@@ -524,7 +537,7 @@ def reconstruct(datacube, calibration: Calibration, params: ReconstructionParame
 
     h = fw.propagator(n, sampling, lam, params.slice_thickness_A)
     eng = MultisliceEngine(amps, pk, fw.positions_to_pixels(pos_A, origin, sampling), obj_shape, sigma, h,
-                           params, famp, basis, chi, backend)
+                           params, famp, basis, chi, backend, amplitude_sum_sq=sum_a2)
     eng.sampling_A = sampling
     chi0 = None if chi is None else chi.copy()
 
