@@ -13,7 +13,7 @@ the requested iterations with probe and position updates switched on from the fi
 the time of the same number of batched complex64 FFTs of the same size at the best throughput
 found among FFTW (``FFTW_MEASURE`` and ``FFTW_ESTIMATE`` plans), scipy's pocketfft and numpy. It
 is given twice: batched by the mini-batch (110 patterns, 14 MB at 128^2) and at the best of the
-mini-batch and the engine's chunk of positions (16 per thread, 2 MB, whose FFTs run about 25 %
+mini-batch and the engine's chunk of positions (16 per thread, 2 MB, whose FFTs run 15-25 %
 faster per transform on a machine with 0.5 MB of L2 cache per core). It is measured after every
 iteration, in the same process, by timing as many transforms as an iteration makes with the
 fastest library for each batch size, so that floor and iteration are timed over about as long
