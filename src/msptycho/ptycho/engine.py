@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,7 @@ class MultisliceEngine:
         # chunks and the object updated once per batch, as if the batch were one chunk.
         default_chunk = getattr(be, "chunk_positions", None) or B
         self.C = C = min(B, params.chunk_size or default_chunk)
-        self.psi = self.be.zeros((nz, C, n, n), np.complex64)
+        self.exit_waves = self.be.zeros((nz, C, n, n), np.complex64)   # slot 0 first holds the incident wave
         self.g = self.be.zeros((C, n, n), np.complex64)
         self.rampx = be.zeros((C, n), np.complex64)
         self.rampy = be.zeros((C, n), np.complex64)
@@ -158,7 +157,7 @@ class MultisliceEngine:
     # -- forward model ----------------------------------------------------------------------------
     def _forward(self, idx: np.ndarray):
         """Multislice forward pass of positions ``idx`` (at most one chunk) with the current
-        state: fills the wave stack ``psi[:, :nb]`` with the exit wave of every slice (the
+        state: fills ``exit_waves[:, :nb]`` with the exit wave of every slice (the
         incident wave times the slice's transmission, multiplied in place, then carried to the
         next slot by an out-of-place FFT) and the phase ramps, and returns the last exit wave in
         Fourier space, ``g[:nb]`` (unnormalised FFT), and the window corners on the backend."""
@@ -167,14 +166,14 @@ class MultisliceEngine:
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         corners = be.asarray(self.corners[:nb])
         be.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
-        psi0 = self.psi[0, :nb]
+        psi0 = self.exit_waves[0, :nb]
         be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
         be.ifft2(psi0)
         g = self.g[:nb]
         for s in range(nz):
-            wave = self.psi[s, :nb]
+            wave = self.exit_waves[s, :nb]
             be.transmit(wave, self.T[s], corners, wave)
-            nxt = self.psi[s + 1, :nb] if s < nz - 1 else g
+            nxt = self.exit_waves[s + 1, :nb] if s < nz - 1 else g
             be.fft2(wave, out=nxt)
             if s < nz - 1:
                 be.multiply(nxt, self.h)
@@ -227,7 +226,7 @@ class MultisliceEngine:
             be.ifft2(g)
             for s in range(nz - 1, -1, -1):
                 rows = (self.row_lo[s], self.row_hi[s], self.rowmax[s]) if first else self.chunk_rows
-                K.back_slice(g, self.psi[s, :m], self.T[s], corners, m, self.sigma, self.grad[s], self.illum[s],
+                K.back_slice(g, self.exit_waves[s, :m], self.T[s], corners, m, self.sigma, self.grad[s], self.illum[s],
                              *rows)
                 if not first:
                     np.minimum(self.row_lo[s], rows[0], out=self.row_lo[s])
@@ -248,7 +247,7 @@ class MultisliceEngine:
                     self.gPk += self.gPk_chunk
             if update_positions and gradients is None:
                 # the exit wave's shift derivatives (at the state the gradients were taken at)
-                K.exit_shift_derivative(self.psi[nz - 1, :m], self.vproj, corners, m, self.sigma, self.dX,
+                K.exit_shift_derivative(self.exit_waves[nz - 1, :m], self.vproj, corners, m, self.sigma, self.dX,
                                         self.dY)
                 be.fft2(self.dX[:m])
                 be.fft2(self.dY[:m])

@@ -137,8 +137,12 @@ def measured_plan(pyfftw, a: np.ndarray, forward: bool, threads: int, path: Path
         if from_wisdom() is None:
             _measure(pyfftw, a, out, kw)
     plan = from_wisdom()
-    # safety net: the scratch array matches a's alignment, so the wisdom should always apply
-    return plan if plan is not None else pyfftw.FFTW(a, out, flags=("FFTW_ESTIMATE",), **kw)
+    if plan is None:
+        # the scratch arrays match the alignments, so the wisdom should always apply: say so if not
+        LOG.warning("FFTW wisdom has no plan for a %s %s transform of %s just timed; using FFTW_ESTIMATE",
+                    "forward" if forward else "inverse", "in-place" if out is a else "out-of-place", a.shape)
+        plan = pyfftw.FFTW(a, out, flags=("FFTW_ESTIMATE",), **kw)
+    return plan
 
 
 def _measure(pyfftw, a, out, kw) -> None:

@@ -272,7 +272,10 @@ class GPUBackend:
             return self.xp.asnumpy(a)
         return np.asarray(a)
 
-    def _fft(self, a, forward: bool) -> None:
+    def _fft(self, a, forward: bool, out=None) -> None:
+        if out is not None and out is not a:
+            out[...] = a          # out of place: transform a copy, in place
+            a = out
         if self.is_cupy:
             if not a.flags.c_contiguous:
                 raise ValueError("GPUBackend FFTs need C-contiguous arrays")
@@ -292,17 +295,11 @@ class GPUBackend:
     def fft2(self, a, out=None) -> None:
         """Unnormalised forward 2-D FFT over the last two axes, in place or into ``out`` (same
         shape; ``a`` is then kept: copied into ``out`` and transformed there)."""
-        if out is not None and out is not a:
-            out[...] = a
-            a = out
-        self._fft(a, True)
+        self._fft(a, True, out)
 
     def ifft2(self, a, out=None) -> None:
         """Unnormalised inverse 2-D FFT over the last two axes, in place or into ``out``."""
-        if out is not None and out is not a:
-            out[...] = a
-            a = out
-        self._fft(a, False)
+        self._fft(a, False, out)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _windows(self, corners, nb, n0, n1):
