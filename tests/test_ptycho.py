@@ -518,3 +518,44 @@ def test_transmission_in_place_and_into_another_array_agree():
     assert np.array_equal(inplace, out)
     want = np.stack([psi[b] * trans[x:x + 16, y:y + 12] for b, (x, y) in enumerate(corners)])
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [16, 18, 13])
+def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
+    """The explicitly vectorised kernels (:mod:`msptycho.ptycho.simd`: 4 or 8 pixels per
+    step) agree with numpy in float64 to float32 rounding, for windows whose rows are whole blocks
+    (16) and ones with a tail of scalar pixels (18, 13), windows at the object's edge included;
+    the back-propagation writes only its windows' pixels."""
+    from msptycho.ptycho import kernels_cpu as kc
+    rng = np.random.default_rng(9)
+
+    def cx(*shape):
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+    nb, obj = 3, (40, 37)
+    corners = np.array([[0, 0], [7, 5], [obj[0] - n, obj[1] - n]], dtype=np.int64)
+    trans = np.exp(1j * rng.standard_normal(obj)).astype(np.complex64)
+    win = [np.s_[x:x + n, y:y + n] for x, y in corners]
+    psi, h = cx(nb, n, n), cx(n, n)
+    a = psi.copy()
+    kc.multiply(a, h)
+    np.testing.assert_allclose(a, psi.astype(complex) * h, rtol=0, atol=3e-7 * np.abs(a).max())
+    a = psi.copy()
+    kc.transmit(a, trans, corners, a)
+    want = np.stack([psi[b] * trans[win[b]].astype(complex) for b in range(nb)])
+    np.testing.assert_allclose(a, want, rtol=0, atol=3e-7 * np.abs(want).max())
+    g, ex = cx(nb, n, n), cx(nb, n, n)
+    grad, illum = np.zeros(obj, np.float32), np.zeros(obj, np.float32)
+    lo, hi, mx = np.zeros(obj[0], np.int64), np.zeros(obj[0], np.int64), np.zeros(obj[0], np.float32)
+    sigma = 0.0073
+    g_out = g.copy()
+    kc.back_slice(g_out, ex, trans, corners, nb, sigma, grad, illum, lo, hi, mx)
+    want_grad, want_illum = np.zeros(obj), np.zeros(obj)
+    for b in range(nb):
+        want_grad[win[b]] += sigma * np.imag(np.conj(ex[b].astype(complex)) * g[b])
+        want_illum[win[b]] += np.abs(ex[b].astype(complex)) ** 2
+        np.testing.assert_allclose(g_out[b], np.conj(trans[win[b]].astype(complex)) * g[b], rtol=0,
+                                   atol=3e-7 * np.abs(g).max())
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 * np.abs(want_grad).max())
+    np.testing.assert_allclose(illum, want_illum, rtol=0, atol=1e-6 * want_illum.max())
+    np.testing.assert_allclose(mx, want_illum.max(axis=1), rtol=1e-6)
