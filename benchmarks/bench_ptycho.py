@@ -11,7 +11,8 @@ not depend on the content), warms the Numba cache on a tiny problem, runs ``reco
 the requested iterations with probe and position updates switched on from the first iteration
 (the most expensive configuration) and counts the 2-D FFTs the engine performed. The FFT floor is
 the time of the same number of batched complex64 FFTs of the same size at the best throughput
-found among FFTW (``FFTW_MEASURE`` and ``FFTW_ESTIMATE`` plans), scipy's pocketfft and numpy. It
+found among FFTW (``FFTW_MEASURE`` and ``FFTW_ESTIMATE`` plans), scipy's pocketfft and numpy,
+in place and out of place. It
 is given twice: batched by the mini-batch (110 patterns, 14 MB at 128^2) and at the best of the
 mini-batch and the engine's chunk of positions (16 per thread, 2 MB, whose FFTs run 15-25 %
 faster per transform on a machine with 0.5 MB of L2 cache per core). It is measured after every
@@ -189,7 +190,8 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
 
 def fft_floor_sampler(n, batches, workers, seconds=0.2):
     """A function ``sample(count)`` that measures the FFT floor once: for each batch size, the
-    library with the best throughput for unnormalised in-place complex64 n x n FFTs (each tried
+    library with the best throughput for unnormalised complex64 n x n FFTs, in place or out of
+    place (the input kept, as the engine's are; FFTW's run faster out of place here) (each tried
     for about ``seconds``) is timed over ``count`` transforms, the number an iteration makes, so
     that the floor is measured over about as long as an iteration, under the same load of a
     shared machine. It returns {batch: (seconds per FFT, library, batch, CPU seconds per FFT)}."""
@@ -204,14 +206,18 @@ def fft_floor_sampler(n, batches, workers, seconds=0.2):
         a = np.empty((batch, n, n), dtype=np.complex64)
         a.real = np.random.default_rng(0).standard_normal((batch, n, n), dtype=np.float32)
         a.imag = 1.0
+        o = np.empty_like(a)
         libs.append(("pocketfft", batch, lambda a=a: pfft.c2c(a, (-2, -1), True, 0, a, workers)))
+        libs.append(("pocketfft out-of-place", batch, lambda a=a, o=o: pfft.c2c(a, (-2, -1), True, 0, o, workers)))
         libs.append(("numpy", batch, lambda a=a: np.fft.fft2(a, out=a)))
         if pyfftw is not None:
             for flag in ("FFTW_ESTIMATE", "FFTW_MEASURE"):
-                b = pyfftw.empty_aligned((batch, n, n), dtype=np.complex64)
-                plan = pyfftw.FFTW(b, b, axes=(-2, -1), flags=(flag,), threads=workers)
-                b[...] = a
-                libs.append(("fftw-" + flag[5:].lower(), batch, plan.execute))
+                for place in ("", " out-of-place"):
+                    b = pyfftw.empty_aligned((batch, n, n), dtype=np.complex64)
+                    c = pyfftw.empty_aligned((batch, n, n), dtype=np.complex64) if place else b
+                    plan = pyfftw.FFTW(b, c, axes=(-2, -1), flags=(flag,), threads=workers)
+                    b[...] = a
+                    libs.append(("fftw-" + flag[5:].lower() + place, batch, plan.execute))
 
     def timed(f, batch, reps=None):
         f()

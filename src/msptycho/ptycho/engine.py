@@ -104,7 +104,8 @@ class MultisliceEngine:
         default_chunk = getattr(be, "chunk_positions", None) or B
         self.C = C = min(B, params.chunk_size or default_chunk)
         self.exit_waves = self.be.zeros((nz, C, n, n), np.complex64)   # slot 0 first holds the incident wave
-        self.g = self.be.zeros((C, n, n), np.complex64)
+        self.g = self.be.zeros((C, n, n), np.complex64)        # Fourier-space waves and gradients
+        self.g_real = self.be.zeros((C, n, n), np.complex64)   # real-space gradients
         self.rampx = be.zeros((C, n), np.complex64)
         self.rampy = be.zeros((C, n), np.complex64)
         self.corners = np.zeros((C, 2), dtype=np.int64)      # host; split_positions writes them
@@ -157,27 +158,27 @@ class MultisliceEngine:
     # -- forward model ----------------------------------------------------------------------------
     def _forward(self, idx: np.ndarray):
         """Multislice forward pass of positions ``idx`` (at most one chunk) with the current
-        state: fills ``exit_waves[:, :nb]`` with the exit wave of every slice (the
-        incident wave times the slice's transmission, multiplied in place, then carried to the
-        next slot by an out-of-place FFT) and the phase ramps, and returns the last exit wave in
-        Fourier space, ``g[:nb]`` (unnormalised FFT), and the window corners on the backend."""
+        state: fills ``exit_waves[:, :nb]`` with the exit wave of every slice (the incident wave,
+        multiplied in place by the slice's transmission) and the phase ramps, and returns the last
+        exit wave in Fourier space, ``g[:nb]`` (unnormalised FFT), and the window corners on the
+        backend. Every FFT is out of place (``g`` holds the Fourier-space waves): FFTW's
+        out-of-place transforms of waves that are no longer in cache run 10-15 % faster than its
+        in-place ones on the machines measured."""
         be = self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         corners = be.asarray(self.corners[:nb])
         be.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
-        psi0 = self.exit_waves[0, :nb]
-        be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, psi0)
-        be.ifft2(psi0)
         g = self.g[:nb]
+        be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, g)
+        be.ifft2(g, out=self.exit_waves[0, :nb])
         for s in range(nz):
             wave = self.exit_waves[s, :nb]
             be.transmit(wave, self.T[s], corners, wave)
-            nxt = self.exit_waves[s + 1, :nb] if s < nz - 1 else g
-            be.fft2(wave, out=nxt)
+            be.fft2(wave, out=g)
             if s < nz - 1:
-                be.multiply(nxt, self.h)
-                be.ifft2(nxt)
+                be.multiply(g, self.h)
+                be.ifft2(g, out=self.exit_waves[s + 1, :nb])
         return g, corners
 
     def model_patterns(self, idx: np.ndarray) -> np.ndarray:
@@ -223,22 +224,25 @@ class MultisliceEngine:
                 self.wave_k[:m] = g
             K.residual(g, self.amps, be.asarray(sub), mode, 1.0 / self.gain, self.err[c0:c0 + m],
                        self.loss[c0:c0 + m])
-            be.ifft2(g)
+            # back through the slices: the real-space gradient in g_real, the Fourier-space one
+            # in g (out-of-place FFTs, as in the forward pass)
+            g_real = self.g_real[:m]
+            be.ifft2(g, out=g_real)
             for s in range(nz - 1, -1, -1):
                 rows = (self.row_lo[s], self.row_hi[s], self.rowmax[s]) if first else self.chunk_rows
-                K.back_slice(g, self.exit_waves[s, :m], self.T[s], corners, m, self.sigma, self.grad[s], self.illum[s],
-                             *rows)
+                K.back_slice(g_real, self.exit_waves[s, :m], self.T[s], corners, m, self.sigma, self.grad[s],
+                             self.illum[s], *rows)
                 if not first:
                     np.minimum(self.row_lo[s], rows[0], out=self.row_lo[s])
                     np.maximum(self.row_hi[s], rows[1], out=self.row_hi[s])
                     np.maximum(self.rowmax[s], rows[2], out=self.rowmax[s])
                 if s > 0:
-                    be.fft2(g)
+                    be.fft2(g_real, out=g)
                     K.multiply(g, self.hc)
-                    be.ifft2(g)
+                    be.ifft2(g, out=g_real)
             if not (need_probe or need_pos):
                 continue
-            be.fft2(g)
+            be.fft2(g_real, out=g)
             if need_pos:
                 K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, m, self.gpos[c0:c0 + m])
             if need_probe:
@@ -247,10 +251,10 @@ class MultisliceEngine:
                     self.gPk += self.gPk_chunk
             if update_positions and gradients is None:
                 # the exit wave's shift derivatives (at the state the gradients were taken at)
-                K.exit_shift_derivative(self.exit_waves[nz - 1, :m], self.vproj, corners, m, self.sigma, self.dX,
-                                        self.dY)
-                be.fft2(self.dX[:m])
-                be.fft2(self.dY[:m])
+                # (in real space in the free g and g_real, then out of place into dX and dY)
+                K.exit_shift_derivative(self.exit_waves[nz - 1, :m], self.vproj, corners, m, self.sigma, g, g_real)
+                be.fft2(g, out=self.dX[:m])
+                be.fft2(g_real, out=self.dY[:m])
                 K.position_curvature(self.wave_k, self.dX, self.dY, m, self.pcurv[c0:c0 + m])
         err = float(self.err[:nb].sum())
         loss = float(self.loss[:nb].sum())
