@@ -11,15 +11,17 @@ not depend on the content), warms the Numba cache on a tiny problem, runs ``reco
 the requested iterations with probe and position updates switched on from the first iteration
 (the most expensive configuration) and counts the 2-D FFTs the engine performed. The FFT floor is
 the time of the same number of batched complex64 FFTs of the same size at the best throughput
-found among FFTW (``FFTW_MEASURE`` and ``FFTW_ESTIMATE`` plans), scipy's pocketfft and numpy,
-in place and out of place. It
-is given twice: batched by the mini-batch (110 patterns, 14 MB at 128^2) and at the best of the
-mini-batch and the engine's chunk of positions (16 per thread, 2 MB, whose FFTs run 15-25 %
-faster per transform on a machine with 0.5 MB of L2 cache per core). It is measured after every
-iteration, in the same process, by timing as many transforms as an iteration makes with the
-fastest library for each batch size, so that floor and iteration are timed over about as long
-and a slower spell of a shared machine shows in both; each ratio is reported as the best
-iteration over the best floor and as the median of the per-iteration ratios.
+found among FFTW (``FFTW_MEASURE`` and ``FFTW_ESTIMATE`` plans, batched, and single-window plans
+run a window per thread as the engine's fused kernels run them), scipy's pocketfft and numpy, in
+place and out of place. It is given twice: batched by the mini-batch (110 patterns, 14 MB at
+128^2) and at the best of the mini-batch and the engine's chunk of positions (16 per thread,
+2 MB, whose FFTs run 15-25 % faster per transform on a machine with 0.5 MB of L2 cache per core).
+It is measured after every iteration, in the same process, by timing as many transforms as an
+iteration makes with the fastest library for each batch size, so that floor and iteration are
+timed over about as long and a slower spell of a shared machine shows in both; each ratio is
+reported as the best iteration over the best floor and as the median of the per-iteration
+ratios. ``MSPTYCHO_FUSED_KERNELS=0`` runs the engine without its fused kernels (batched FFTs
+only), for comparison.
 
 ``--py4dstem`` also times py4DSTEM 0.14's ``MultislicePtychography`` (CPU, gradient descent, same
 slices and batch size, probe and positions updated) on the same data, in the venv
@@ -107,6 +109,15 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
             self.count += a.shape[0] if a.ndim == 3 else 1
             super().ifft2(a, out)
 
+        # the fused kernels make their FFTs themselves, one window at a time
+        def forward_slices(self, plans, waves, g, trans, corners, h, nb):
+            self.count += nb * (2 * waves.shape[0] - 1)
+            super().forward_slices(plans, waves, g, trans, corners, h, nb)
+
+        def propagate_back(self, plans, g_real, g, hc, nb):
+            self.count += 2 * nb
+            super().propagate_back(plans, g_real, g, hc, nb)
+
     c = CASES[name]
     it = iterations or c["iterations"]
     cal = Calibration(energy_eV=E_EV, semiangle_mrad=SEMI_MRAD, scan_step_A=STEP_A, mrad_per_pixel=MPP)
@@ -125,7 +136,7 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
                                       position_correction_start_iteration=0, tv_z_weight_VA=0.01,
                                       tv_xy_weight_VA=0.01, checkpoint_every=0,
                                       fft_workers=int(os.environ.get("MSPTYCHO_FFT_WORKERS", "0")))
-    be = CountingBackend(params.fft_workers)
+    be = CountingBackend(params.fft_workers, fused_kernels=os.environ.get("MSPTYCHO_FUSED_KERNELS", "1") != "0")
     chunk = min(params.batch_size, params.chunk_size or be.chunk_positions)
     # the floor's arrays, plans and the libraries' work buffers exist before the baseline of the
     # memory measurement (one sample taken here, not used)
@@ -195,7 +206,7 @@ def fft_floor_sampler(n, batches, workers, seconds=0.2):
     for about ``seconds``) is timed over ``count`` transforms, the number an iteration makes, so
     that the floor is measured over about as long as an iteration, under the same load of a
     shared machine. It returns {batch: (seconds per FFT, library, batch, CPU seconds per FFT)}."""
-    from msptycho.ptycho.kernels_cpu import _pocketfft
+    from msptycho.ptycho.kernels_cpu import CPUBackend, _pocketfft
     pfft = _pocketfft()
     try:
         import pyfftw
@@ -218,6 +229,13 @@ def fft_floor_sampler(n, batches, workers, seconds=0.2):
                     plan = pyfftw.FFTW(b, c, axes=(-2, -1), flags=(flag,), threads=workers)
                     b[...] = a
                     libs.append(("fftw-" + flag[5:].lower() + place, batch, plan.execute))
+            # single-window plans, the windows in parallel (a thread each), as the engine's fused
+            # kernels run them
+            be = CPUBackend(workers, fft_planning="measure")
+            src, dst = be.zeros((batch, n, n)), be.zeros((batch, n, n))
+            src[...] = a
+            if be.window_plans(src, dst) is not None:
+                libs.append(("fftw-measure windows out-of-place", batch, lambda be=be, s=src, d=dst: be.fft2(s, out=d)))
 
     def timed(f, batch, reps=None):
         f()

@@ -25,7 +25,7 @@ def smooth_random(shape, rng, sigma_px=1.5, amplitude=1.0):
     return amplitude * gaussian_filter(rng.random(shape), sigma_px, mode="wrap")
 
 
-def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj_amp=600.0):
+def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj_amp=600.0, backend=None):
     """Engine on a random object whose data come from another random object (non-zero residual)."""
     rng = np.random.default_rng(rng_seed)
     pos_A = fw.scan_positions_A(scan, step_A)
@@ -37,7 +37,7 @@ def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj
     truth = np.stack([smooth_random(shape, rng, amplitude=obj_amp) for _ in range(nz)])
     amps = np.sqrt(fw.reference_patterns(truth, pk.astype(complex), pp, SIGMA, h)).astype(np.float32)
     params = ReconstructionParameters(num_slices=nz, slice_thickness_A=8.0, batch_size=len(pp), loss=loss)
-    eng = MultisliceEngine(amps, pk, pp, shape, SIGMA, h, params)
+    eng = MultisliceEngine(amps, pk, pp, shape, SIGMA, h, params, backend=backend)
     eng.V[...] = np.stack([smooth_random(shape, rng, amplitude=obj_amp) for _ in range(nz)])
     eng.refresh()
     # probe slightly wrong too
@@ -559,3 +559,54 @@ def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
     np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 * np.abs(want_grad).max())
     np.testing.assert_allclose(illum, want_illum, rtol=0, atol=1e-6 * want_illum.max())
     np.testing.assert_allclose(mx, want_illum.max(axis=1), rtol=1e-6)
+
+
+def test_fused_window_kernels_give_the_batched_result():
+    """The fused CPU kernels (each window through its FFTW transforms and products while in cache,
+    FFTW called from Numba) compute the batched sequence: the forward pass's exit waves and
+    detector wave, the backward propagation and out-of-place fft2/ifft2 agree to float32
+    rounding, leave windows beyond ``nb`` alone, and an engine iteration with them matches one
+    without."""
+    pytest.importorskip("pyfftw")
+    from msptycho.ptycho import kernels_cpu as kc
+    be = kc.CPUBackend(workers=2, fft_planning="estimate")
+    n, C, nz, nb = 24, 4, 3, 3
+    waves, g = be.zeros((nz, C, n, n)), be.zeros((C, n, n))
+    plans = be.window_plans(waves, g)
+    if plans is None:
+        pytest.skip("pyfftw's FFTW library cannot be called from Numba here")
+    rng = np.random.default_rng(10)
+    psi = (rng.standard_normal((C, n, n)) + 1j * rng.standard_normal((C, n, n))).astype(np.complex64)
+    trans = np.exp(1j * rng.standard_normal((nz, 50, 45))).astype(np.complex64)
+    h = (np.exp(1j * rng.standard_normal((n, n))) / n**2).astype(np.complex64)
+    corners = np.array([[0, 0], [10, 3], [26, 21], [5, 5]], dtype=np.int64)
+    waves[0] = psi
+    be.forward_slices(plans, waves, g, trans, corners, h, nb)
+    ref = psi[:nb].astype(np.complex128)
+    for s in range(nz):
+        ref = ref * np.stack([trans[s, x:x + n, y:y + n] for x, y in corners[:nb]])
+        np.testing.assert_allclose(waves[s, :nb], ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+        ref_k = np.fft.fft2(ref)
+        if s < nz - 1:
+            ref = np.fft.ifft2(ref_k * h) * n * n
+    np.testing.assert_allclose(g[:nb], ref_k, rtol=0, atol=2e-6 * np.abs(ref_k).max())
+    assert not g[nb:].any() and not waves[1:, nb:].any()
+    g_real = be.zeros((C, n, n))
+    g_real[...] = psi
+    be.propagate_back(plans, g_real, g, np.conj(h), nb)
+    want = np.fft.ifft2(np.fft.fft2(psi[:nb].astype(complex)) * np.conj(h)) * n * n
+    np.testing.assert_allclose(g_real[:nb], want, rtol=0, atol=2e-6 * np.abs(want).max())
+    assert np.array_equal(g_real[nb:], psi[nb:])
+    out = be.zeros((C, n, n))
+    be.fft2(g_real, out=out)                       # through the window plans (same shape)
+    np.testing.assert_allclose(out, np.fft.fft2(g_real.astype(complex)), rtol=0,
+                               atol=2e-6 * np.abs(out).max())
+    # a whole engine iteration, fused and batched
+    results = []
+    for fused in (True, False):
+        eng, _, _ = make_engine(nz=3, backend=kc.CPUBackend(workers=2, fft_planning="estimate", fused_kernels=fused))
+        assert (eng.window_plans is not None) == fused
+        eng.batch(np.arange(eng.N), update_probe=True, update_positions=True)
+        results.append((eng.V.copy(), eng.Pk.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())

@@ -106,6 +106,9 @@ class MultisliceEngine:
         self.exit_waves = self.be.zeros((nz, C, n, n), np.complex64)   # slot 0 first holds the incident wave
         self.g = self.be.zeros((C, n, n), np.complex64)        # Fourier-space waves and gradients
         self.g_real = self.be.zeros((C, n, n), np.complex64)   # real-space gradients
+        # single-window FFT plans of the backend's fused kernels (None: batched FFTs and kernels)
+        wp = getattr(be, "window_plans", None)
+        self.window_plans = wp(self.exit_waves, self.g) if wp is not None else None
         self.rampx = be.zeros((C, n), np.complex64)
         self.rampy = be.zeros((C, n), np.complex64)
         self.corners = np.zeros((C, 2), dtype=np.int64)      # host; split_positions writes them
@@ -172,6 +175,9 @@ class MultisliceEngine:
         g = self.g[:nb]
         be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, g)
         be.ifft2(g, out=self.exit_waves[0, :nb])
+        if self.window_plans is not None:
+            be.forward_slices(self.window_plans, self.exit_waves, self.g, self.T, corners, self.h, nb)
+            return g, corners
         for s in range(nz):
             wave = self.exit_waves[s, :nb]
             be.transmit(wave, self.T[s], corners, wave)
@@ -236,7 +242,9 @@ class MultisliceEngine:
                     np.minimum(self.row_lo[s], rows[0], out=self.row_lo[s])
                     np.maximum(self.row_hi[s], rows[1], out=self.row_hi[s])
                     np.maximum(self.rowmax[s], rows[2], out=self.rowmax[s])
-                if s > 0:
+                if s > 0 and self.window_plans is not None:
+                    be.propagate_back(self.window_plans, self.g_real, self.g, self.hc, m)
+                elif s > 0:
                     be.fft2(g_real, out=g)
                     K.multiply(g, self.hc)
                     be.ifft2(g, out=g_real)

@@ -150,3 +150,91 @@ def _measure(pyfftw, a, out, kw) -> None:
     wisdom; in place when ``out`` is ``a``)."""
     s = _scratch_like(a)
     pyfftw.FFTW(s, s if out is a else _scratch_like(out), flags=("FFTW_MEASURE",), **kw)
+
+
+# -- FFTW's plans for Numba kernels -----------------------------------------------------------------
+# The fused CPU kernels (kernels_cpu.forward_slices, kernels_cpu.propagate_back) call FFTW themselves,
+# one window at a time, through its new-array execute function, so that a window stays in cache
+# between its transforms and products. They use the very FFTW library pyfftw loaded (same planner,
+# same wisdom), found among the process's mapped files; where that cannot be done (no pyfftw, not
+# Linux) the engine keeps its batched transforms.
+
+FFTW_MEASURE = 0
+FFTW_ESTIMATE = 1 << 6
+FFTW_WISDOM_ONLY = 1 << 21
+
+
+def _mapped_fftwf_libraries() -> tuple[str | None, str | None]:
+    """Paths of the single-precision FFTW library and its threads library mapped in this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "libfftw3f" in ln}
+    except OSError:
+        return None, None
+    main = [p for p in paths if not ("_omp" in p or "_threads" in p or "_mpi" in p)]
+    threads = [p for p in paths if "libfftw3f_omp" in p or "libfftw3f_threads" in p]
+    return (main[0] if len(main) == 1 else None), (threads[0] if threads else None)
+
+
+class WindowPlans:
+    """Out-of-place single-window 2-D FFTW plans (forward and inverse, one thread) for Numba
+    kernels: ``execute`` is the address of ``fftwf_execute_dft`` and ``forward``/``inverse`` the
+    plans' addresses, valid for any pair of distinct windows with the alignment of ``src`` and
+    ``dst`` (C-contiguous complex64 arrays whose last two axes are the window).
+
+    Measured plans come from the wisdom file, timed on scratch arrays if new (as
+    :func:`measured_plan` does for pyfftw's plans); ``planning="estimate"`` uses ``FFTW_ESTIMATE``.
+    Raises ``OSError`` if pyfftw's FFTW library cannot be found or the plans cannot be made.
+    """
+
+    def __init__(self, src: np.ndarray, dst: np.ndarray, planning: str = "measure", path: Path | None = None):
+        import ctypes
+
+        import pyfftw
+        main, threads = _mapped_fftwf_libraries()
+        if main is None:
+            raise OSError("pyfftw's single-precision FFTW library is not among this process's mapped files")
+        lib = ctypes.CDLL(main)          # the library pyfftw loaded: one planner, one wisdom
+        addr = ctypes.c_void_p
+        lib.fftwf_plan_dft_2d.restype = addr
+        lib.fftwf_plan_dft_2d.argtypes = [ctypes.c_int, ctypes.c_int, addr, addr, ctypes.c_int, ctypes.c_uint]
+        lib.fftwf_destroy_plan.argtypes = [addr]
+        n0, n1 = src.shape[-2:]
+        s = src.reshape(-1, n0, n1)[0]
+        d = dst.reshape(-1, n0, n1)[0]
+        if threads is not None:          # plans of one thread (pyfftw sets this before each of its plans)
+            tl = ctypes.CDLL(threads)
+            tl.fftwf_plan_with_nthreads.argtypes = [ctypes.c_int]
+            tl.fftwf_plan_with_nthreads(1)
+        plans = []
+        for forward in (True, False):
+            if planning == "measure":
+                measured_plan(pyfftw, s, forward, 1, path=path, out=d)    # into the wisdom (no-op if there)
+                flags = FFTW_MEASURE | FFTW_WISDOM_ONLY
+            else:
+                flags = FFTW_ESTIMATE
+            p = lib.fftwf_plan_dft_2d(n0, n1, s.ctypes.data, d.ctypes.data, -1 if forward else 1, flags)
+            if not p:
+                raise OSError(f"FFTW made no {'forward' if forward else 'inverse'} plan for a {n0}x{n1} window")
+            plans.append(p)
+        self.forward, self.inverse = plans
+        self.shape = (n0, n1)
+        self._align = (s.ctypes.data % ALIGN, d.ctypes.data % ALIGN)
+        self.execute = ctypes.cast(lib.fftwf_execute_dft, addr).value
+        self._lib = lib
+        import weakref
+        weakref.finalize(self, _destroy, lib, list(plans))
+
+
+    def applies(self, src: np.ndarray, dst: np.ndarray) -> bool:
+        """Whether the plans may transform the windows of ``src`` into those of ``dst``: C-contiguous
+        complex64 arrays of such windows, not overlapping, aligned as the planned ones."""
+        return (src.dtype == np.complex64 and dst.dtype == np.complex64 and src.shape == dst.shape
+                and src.shape[-2:] == self.shape and src.flags.c_contiguous and dst.flags.c_contiguous
+                and (src.ctypes.data % ALIGN, dst.ctypes.data % ALIGN) == self._align
+                and not np.may_share_memory(src, dst))
+
+
+def _destroy(lib, plans) -> None:
+    for p in plans:
+        lib.fftwf_destroy_plan(p)

@@ -31,7 +31,7 @@ from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-from .fftw_wisdom import measured_plan  # noqa: E402
+from .fftw_wisdom import ALIGN, WindowPlans, measured_plan  # noqa: E402
 
 TWO_PI = np.float32(2 * np.pi)
 
@@ -217,6 +217,30 @@ def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
     return sig, codegen
 
 
+@intrinsic
+def fftw_execute(typingctx, fn, plan, src, isrc, dst, idst):
+    """Call ``fftwf_execute_dft(plan, src + isrc, dst + idst)`` (``fn`` and ``plan`` addresses,
+    ``src``/``dst`` 1-D float32 arrays and float offsets): FFTW's new-array execute, thread-safe,
+    on the window starting there (see :class:`msptycho.ptycho.fftw_wisdom.WindowPlans`). No
+    bounds checks."""
+    _check_arrays(src, dst)
+    sig = types.void(types.intp, types.intp, src, types.intp, dst, types.intp)
+
+    def codegen(context, builder, signature, args):
+        fn_, plan_, src_, isrc_, dst_, idst_ = args
+        ty = signature.args
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p])
+        f = builder.inttoptr(fn_, fnty.as_pointer())
+
+        def at(arrty, arr, idx):
+            a = context.make_array(arrty)(context, builder, arr)
+            return builder.bitcast(builder.gep(a.data, [idx]), i8p)
+        builder.call(f, [builder.inttoptr(plan_, i8p), at(ty[2], src_, isrc_), at(ty[4], dst_, idst_)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _incident(probe_k, rampx, rampy, scale, out):
     nb = out.shape[0]
@@ -298,6 +322,62 @@ def _multiply(a, h):
 def multiply(a, h):
     """``a[b] *= h`` for every ``b`` (Fresnel propagator in Fourier space)."""
     _multiply(_f(a), _f(h))
+
+
+# -- fused kernels: FFTs and products of one window while it is in cache ----------------------------
+
+@njit(fastmath=FAST, inline="always")
+def _window_product(a, ia, h, win):
+    """``a[ia:ia+win] *= h[:win]`` (interleaved complex, flat)."""
+    w4 = win - win % 8
+    for j in range(0, w4, 8):
+        cmul4(a, ia + j, a, ia + j, h, j)
+    for j in range(w4, win, 2):
+        xr = a[ia + j]
+        xi = a[ia + j + 1]
+        a[ia + j] = xr * h[j] - xi * h[j + 1]
+        a[ia + j + 1] = xr * h[j + 1] + xi * h[j]
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _forward_slices(fn, plan_f, plan_b, waves, g, trans, corners, h, nb, nz, C, n0, m):
+    win = n0 * m
+    m4 = m - m % 8
+    for b in prange(nb):
+        x0 = corners[b, 0]
+        y0 = 2 * corners[b, 1]
+        gb = b * win
+        for s in range(nz):
+            wb = (s * C + b) * win
+            for i in range(n0):             # exit wave = incident wave * transmission
+                t = trans[s, x0 + i, y0:y0 + m]
+                r = wb + i * m
+                for j in range(0, m4, 8):
+                    cmul4(waves, r + j, waves, r + j, t, j)
+                for j in range(m4, m, 2):
+                    pr = waves[r + j]
+                    pi = waves[r + j + 1]
+                    waves[r + j] = pr * t[j] - pi * t[j + 1]
+                    waves[r + j + 1] = pr * t[j + 1] + pi * t[j]
+            fftw_execute(fn, plan_f, waves, wb, g, gb)
+            if s < nz - 1:                  # Fresnel propagation to the next slice
+                _window_product(g, gb, h, win)
+                fftw_execute(fn, plan_b, g, gb, waves, wb + C * win)
+
+
+@njit(parallel=True, cache=True)
+def _execute_windows(fn, plan, src, dst, nb, win):
+    for b in prange(nb):
+        fftw_execute(fn, plan, src, b * win, dst, b * win)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _propagate_back(fn, plan_f, plan_b, g_real, g, hc, nb, win):
+    for b in prange(nb):
+        o = b * win
+        fftw_execute(fn, plan_f, g_real, o, g, o)
+        _window_product(g, o, hc, win)
+        fftw_execute(fn, plan_b, g, o, g_real, o)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
@@ -789,11 +869,19 @@ class CPUBackend:
     fft_planning : str
         FFTW only: ``"measure"`` (plans timed once per machine and kept in a wisdom file, see
         :mod:`msptycho.ptycho.fftw_wisdom`) or ``"estimate"`` (``FFTW_ESTIMATE``, no file).
+    fused_kernels : bool
+        FFTW only: let the engine run its forward pass and the backward propagation one window
+        at a time through FFTW's single-window plans, called from Numba kernels, the windows in
+        parallel (:meth:`forward_slices`, :meth:`propagate_back`; out-of-place transforms of such
+        windows also run this way). Same results to float32 rounding; on the 2-core VM measured,
+        10-16 % faster per iteration with two threads and as fast with one.
     """
 
     name = "cpu"
 
-    def __init__(self, workers: int = 0, fft_library: str = "auto", fft_planning: str = "measure"):
+    def __init__(self, workers: int = 0, fft_library: str = "auto", fft_planning: str = "measure",
+                 fused_kernels: bool = True):
+        self.fused_kernels = bool(fused_kernels)
         self.workers = int(workers) if workers and workers > 0 else (os.cpu_count() or 1)
         # the kernels use as many threads as the FFTs (a rule given 1 thread of 2 uses 1)
         numba.set_num_threads(max(1, min(self.workers, numba.config.NUMBA_NUM_THREADS)))
@@ -814,6 +902,7 @@ class CPUBackend:
         #: per thread, stay in cache)
         self.chunk_positions = 16 * self.workers
         self._plans = {}
+        self._window_plans = {}
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
                   "tv_step", "clip_negative", "project_potential",
@@ -828,7 +917,7 @@ class CPUBackend:
     def zeros(self, shape, dtype=np.complex64) -> np.ndarray:
         """Zeroed work array, SIMD-aligned when FFTW is used."""
         if self.fft_library == "fftw":
-            a = self._fftw.empty_aligned(shape, dtype=dtype)
+            a = self._fftw.empty_aligned(shape, dtype=dtype, n=ALIGN)
             a[...] = 0
             return a
         return np.zeros(shape, dtype=dtype)
@@ -847,7 +936,13 @@ class CPUBackend:
 
     def _fft(self, a, forward, out):
         out = a if out is None else out
-        if self.fft_library == "fftw":
+        wp = self._window_plans.get(a.shape[-2:]) if out is not a else None
+        if wp is not None and wp.applies(a, out):
+            # out of place with single-window plans: the windows in parallel, one per thread
+            n0, n1 = a.shape[-2:]
+            _execute_windows(wp.execute, wp.forward if forward else wp.inverse, _f(a).reshape(-1),
+                             _f(out).reshape(-1), a.size // (n0 * n1), n0 * n1 * 2)
+        elif self.fft_library == "fftw":
             self._plan(a, forward, out).execute()
         elif self.fft_library == "pocketfft":
             self._pfft.c2c(a, (-2, -1), forward, 0, out, self.workers)
@@ -864,6 +959,46 @@ class CPUBackend:
     def ifft2(self, a: np.ndarray, out: np.ndarray | None = None) -> None:
         """Unnormalised inverse 2-D FFT over the last two axes, in place or into ``out``."""
         self._fft(a, False, out)
+
+    # -- fused kernels (FFTW only) ---------------------------------------------------------------
+    def window_plans(self, src: np.ndarray, dst: np.ndarray):
+        """Single-window FFTW plans for :meth:`forward_slices` and :meth:`propagate_back` on
+        buffers allocated like ``src`` and ``dst`` (by :meth:`zeros`), or None where the fused
+        kernels are not used: another FFT library, ``fused_kernels=False``, windows whose byte size
+        is not a multiple of the SIMD alignment (every window must align as the planned one), or
+        pyfftw's FFTW library not found (then the batched transforms are used)."""
+        n0, n1 = src.shape[-2:]
+        if self.fft_library != "fftw" or not self.fused_kernels or (n0 * n1 * 8) % ALIGN:
+            return None
+        try:
+            wp = WindowPlans(src, dst, self.fft_planning)
+            self._window_plans[(n0, n1)] = wp      # also for the out-of-place fft2/ifft2 of such windows
+            return wp
+        except OSError as e:
+            import logging
+            logging.getLogger("msptycho.ptycho").info("fused FFT kernels not used (%s); batched FFTs instead", e)
+            return None
+
+    @staticmethod
+    def forward_slices(plans, waves, g, trans, corners, h, nb) -> None:
+        """The multislice forward pass of windows ``0..nb-1``, one window at a time through all
+        slices (parallel over windows), each FFTW transform and product on a window still in cache:
+        with ``waves[0, b]`` the incident wave, every ``waves[s, b]`` becomes the exit wave of slice
+        ``s`` (``*= trans[s][window b]``), carried to ``waves[s + 1, b]`` by
+        ``IFFT(h * FFT(.))``, and ``g[b]`` receives the last exit wave's FFT (unnormalised). Same
+        result as the engine's batched sequence (transmit, fft2, multiply, ifft2)."""
+        nz, C, n0, n1 = waves.shape
+        _forward_slices(plans.execute, plans.forward, plans.inverse, _f(waves).reshape(-1), _f(g).reshape(-1),
+                        _f(trans), corners, _f(h).reshape(-1), nb, nz, C, n0, 2 * n1)
+
+    @staticmethod
+    def propagate_back(plans, g_real, g, hc, nb) -> None:
+        """``g_real[b] = IFFT(hc * FFT(g_real[b]))`` for ``b < nb``, one window at a time (``g``
+        receives the Fourier-space product): the batched fft2, multiply, ifft2 of the engine's
+        backward pass, fused."""
+        n0, n1 = g_real.shape[1:]
+        _propagate_back(plans.execute, plans.forward, plans.inverse, _f(g_real).reshape(-1), _f(g).reshape(-1),
+                        _f(hc).reshape(-1), nb, n0 * 2 * n1)
 
     def asarray(self, a):
         return a
