@@ -241,6 +241,20 @@ def fftw_execute(typingctx, fn, plan, src, isrc, dst, idst):
     return sig, codegen
 
 
+@njit(fastmath=FAST, inline="always")
+def _product(a, ia, b, ib, m):
+    """``a[ia:ia+m] *= b[ib:ib+m]``: ``m`` floats of interleaved complex numbers, four at a time
+    (:func:`cmul4`), then the tail."""
+    m4 = m - m % 8
+    for j in range(0, m4, 8):
+        cmul4(a, ia + j, a, ia + j, b, ib + j)
+    for j in range(m4, m, 2):
+        xr = a[ia + j]
+        xi = a[ia + j + 1]
+        a[ia + j] = xr * b[ib + j] - xi * b[ib + j + 1]
+        a[ia + j + 1] = xr * b[ib + j + 1] + xi * b[ib + j]
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _incident(probe_k, rampx, rampy, scale, out):
     nb = out.shape[0]
@@ -273,20 +287,11 @@ def _transmit_in_place(psi, trans, corners):
     nb = psi.shape[0]
     n0 = psi.shape[1]
     m = psi.shape[2]                # floats per row, 2 n1
-    m4 = m - m % 8                  # whole blocks of 4 complex numbers (simd.cmul4)
     for b in prange(nb):
         x0 = corners[b, 0]
         y0 = 2 * corners[b, 1]
         for i in range(n0):
-            p = psi[b, i]
-            t = trans[x0 + i, y0:y0 + m]
-            for j in range(0, m4, 8):
-                cmul4(p, j, p, j, t, j)
-            for j in range(m4, m, 2):
-                pr = p[j]
-                pi = p[j + 1]
-                p[j] = pr * t[j] - pi * t[j + 1]
-                p[j + 1] = pr * t[j + 1] + pi * t[j]
+            _product(psi[b, i], 0, trans[x0 + i, y0:y0 + m], 0, m)
 
 
 def transmit(psi, trans, corners, out):
@@ -305,18 +310,9 @@ def _multiply(a, h):
     nb = a.shape[0]
     n0 = h.shape[0]
     m = h.shape[1]
-    m4 = m - m % 8
     for b in prange(nb):
         for i in range(n0):
-            r = a[b, i]
-            q = h[i]
-            for j in range(0, m4, 8):
-                cmul4(r, j, r, j, q, j)
-            for j in range(m4, m, 2):
-                xr = r[j]
-                xi = r[j + 1]
-                r[j] = xr * q[j] - xi * q[j + 1]
-                r[j + 1] = xr * q[j + 1] + xi * q[j]
+            _product(a[b, i], 0, h[i], 0, m)
 
 
 def multiply(a, h):
@@ -326,23 +322,9 @@ def multiply(a, h):
 
 # -- fused kernels: FFTs and products of one window while it is in cache ----------------------------
 
-@njit(fastmath=FAST, inline="always")
-def _window_product(a, ia, h, win):
-    """``a[ia:ia+win] *= h[:win]`` (interleaved complex, flat)."""
-    w4 = win - win % 8
-    for j in range(0, w4, 8):
-        cmul4(a, ia + j, a, ia + j, h, j)
-    for j in range(w4, win, 2):
-        xr = a[ia + j]
-        xi = a[ia + j + 1]
-        a[ia + j] = xr * h[j] - xi * h[j + 1]
-        a[ia + j + 1] = xr * h[j + 1] + xi * h[j]
-
-
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _forward_slices(fn, plan_f, plan_b, waves, g, trans, corners, h, nb, nz, C, n0, m):
     win = n0 * m
-    m4 = m - m % 8
     for b in prange(nb):
         x0 = corners[b, 0]
         y0 = 2 * corners[b, 1]
@@ -350,18 +332,10 @@ def _forward_slices(fn, plan_f, plan_b, waves, g, trans, corners, h, nb, nz, C, 
         for s in range(nz):
             wb = (s * C + b) * win
             for i in range(n0):             # exit wave = incident wave * transmission
-                t = trans[s, x0 + i, y0:y0 + m]
-                r = wb + i * m
-                for j in range(0, m4, 8):
-                    cmul4(waves, r + j, waves, r + j, t, j)
-                for j in range(m4, m, 2):
-                    pr = waves[r + j]
-                    pi = waves[r + j + 1]
-                    waves[r + j] = pr * t[j] - pi * t[j + 1]
-                    waves[r + j + 1] = pr * t[j + 1] + pi * t[j]
+                _product(waves, wb + i * m, trans[s, x0 + i, y0:y0 + m], 0, m)
             fftw_execute(fn, plan_f, waves, wb, g, gb)
             if s < nz - 1:                  # Fresnel propagation to the next slice
-                _window_product(g, gb, h, win)
+                _product(g, gb, h, 0, win)
                 fftw_execute(fn, plan_b, g, gb, waves, wb + C * win)
 
 
@@ -376,7 +350,7 @@ def _propagate_back(fn, plan_f, plan_b, g_real, g, hc, nb, win):
     for b in prange(nb):
         o = b * win
         fftw_execute(fn, plan_f, g_real, o, g, o)
-        _window_product(g, o, hc, win)
+        _product(g, o, hc, 0, win)
         fftw_execute(fn, plan_b, g, o, g_real, o)
 
 
