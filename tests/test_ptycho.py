@@ -610,3 +610,19 @@ def test_fused_window_kernels_give_the_batched_result():
         results.append((eng.V.copy(), eng.Pk.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_vectorised_kernels_refuse_windows_outside_the_object():
+    """The SIMD kernels read and write without bounds checks, so a window reaching past the
+    object is refused before any memory is touched."""
+    from msptycho.ptycho import kernels_cpu as kc
+    psi = np.ones((1, 8, 8), np.complex64)
+    trans = np.ones((20, 20), np.complex64)
+    for corner in ([13, 0], [0, 13], [-1, 0]):
+        with pytest.raises(ValueError, match="outside the object"):
+            kc.transmit(psi, trans, np.array([corner], dtype=np.int64), psi)
+        with pytest.raises(ValueError, match="outside the object"):
+            kc.back_slice(psi.copy(), psi, trans, np.array([corner], dtype=np.int64), 1, 0.01,
+                          np.zeros((20, 20), np.float32), np.zeros((20, 20), np.float32), np.zeros(20, np.int64),
+                          np.zeros(20, np.int64), np.zeros(20, np.float32))
+    kc.transmit(psi, trans, np.array([[12, 12]], dtype=np.int64), psi)     # the last corner that fits

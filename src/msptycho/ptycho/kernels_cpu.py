@@ -241,6 +241,15 @@ def fftw_execute(typingctx, fn, plan, src, isrc, dst, idst):
     return sig, codegen
 
 
+@njit(cache=True)
+def _check_windows(corners, nb, n0, n1, nx, ny):
+    """The explicitly vectorised kernels do not check bounds: every window must lie inside the
+    object (the engine keeps them there, see ``forward.clip_positions``)."""
+    for b in range(nb):
+        if corners[b, 0] < 0 or corners[b, 1] < 0 or corners[b, 0] + n0 > nx or corners[b, 1] + n1 > ny:
+            raise ValueError("a window reaches outside the object (corners out of range)")
+
+
 @njit(fastmath=FAST, inline="always")
 def _product(a, ia, b, ib, m):
     """``a[ia:ia+m] *= b[ib:ib+m]``: ``m`` floats of interleaved complex numbers, four at a time
@@ -287,6 +296,7 @@ def _transmit_in_place(psi, trans, corners):
     nb = psi.shape[0]
     n0 = psi.shape[1]
     m = psi.shape[2]                # floats per row, 2 n1
+    _check_windows(corners, nb, n0, m // 2, trans.shape[0], trans.shape[1] // 2)
     for b in prange(nb):
         x0 = corners[b, 0]
         y0 = 2 * corners[b, 1]
@@ -325,6 +335,7 @@ def multiply(a, h):
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _forward_slices(fn, plan_f, plan_b, waves, g, trans, corners, h, nb, nz, C, n0, m):
     win = n0 * m
+    _check_windows(corners, nb, n0, m // 2, trans.shape[1], trans.shape[2] // 2)
     for b in prange(nb):
         x0 = corners[b, 0]
         y0 = 2 * corners[b, 1]
@@ -430,6 +441,7 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
     n1 = g.shape[2] // 2
     n8 = n1 - n1 % 8
     sg = np.float32(sigma)
+    _check_windows(corners, nb, n0, n1, nx, ny)
     # the rows the windows cover, split into tasks of R rows (so every thread gets a share)
     first = nx
     last = 0
