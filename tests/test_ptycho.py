@@ -563,10 +563,10 @@ def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
 
 def test_fused_window_kernels_give_the_batched_result():
     """The fused CPU kernels (each window through its FFTW transforms and products while in cache,
-    FFTW called from Numba) compute the batched sequence: the forward pass's exit waves and
-    detector wave, the backward propagation and out-of-place fft2/ifft2 agree to float32
-    rounding, leave windows beyond ``nb`` alone, and an engine iteration with them matches one
-    without."""
+    FFTW called from Numba) compute the batched sequence: the forward pass's incident and exit
+    waves, detector wave, residual and its inverse FFT, the backward propagation and out-of-place
+    fft2/ifft2 agree to float32 rounding, leave windows beyond ``nb`` alone, and an engine
+    iteration with them matches one without."""
     pytest.importorskip("pyfftw")
     from msptycho.ptycho import kernels_cpu as kc
     be = kc.CPUBackend(workers=2, fft_planning="estimate")
@@ -577,20 +577,33 @@ def test_fused_window_kernels_give_the_batched_result():
         pytest.skip("pyfftw's FFTW library cannot be called from Numba here")
     rng = np.random.default_rng(10)
     psi = (rng.standard_normal((C, n, n)) + 1j * rng.standard_normal((C, n, n))).astype(np.complex64)
+    probe_k = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))).astype(np.complex64)
+    rampx, rampy = np.zeros((C, n), np.complex64), np.zeros((C, n), np.complex64)
+    kx, ky = fw.window_frequencies(n)
+    kc.ramps(rng.uniform(-0.5, 0.5, (C, 2)), kx, ky, rampx, rampy)
     trans = np.exp(1j * rng.standard_normal((nz, 50, 45))).astype(np.complex64)
     h = (np.exp(1j * rng.standard_normal((n, n))) / n**2).astype(np.complex64)
     corners = np.array([[0, 0], [10, 3], [26, 21], [5, 5]], dtype=np.int64)
-    waves[0] = psi
-    be.forward_slices(plans, waves, g, trans, corners, h, nb)
-    ref = psi[:nb].astype(np.complex128)
+    amps = rng.uniform(0, 2, (6, n, n)).astype(np.float32)
+    index = np.array([4, 0, 2], dtype=np.int64)
+    err, loss = np.zeros(nb), np.zeros(nb)
+    g_real, wave_k = be.zeros((C, n, n)), be.zeros((C, n, n))
+    be.forward_pass(plans, probe_k, rampx, rampy, 0.5, waves, g, trans, corners, h, nb,
+                    (amps, index, 0, 1.0 / n, err, loss, g_real, wave_k))
+    ref = np.fft.ifft2(0.5 * probe_k * rampx[:nb, :, None] * rampy[:nb, None, :]) * n * n
     for s in range(nz):
         ref = ref * np.stack([trans[s, x:x + n, y:y + n] for x, y in corners[:nb]])
         np.testing.assert_allclose(waves[s, :nb], ref, rtol=0, atol=2e-6 * np.abs(ref).max())
         ref_k = np.fft.fft2(ref)
         if s < nz - 1:
             ref = np.fft.ifft2(ref_k * h) * n * n
-    np.testing.assert_allclose(g[:nb], ref_k, rtol=0, atol=2e-6 * np.abs(ref_k).max())
-    assert not g[nb:].any() and not waves[1:, nb:].any()
+    np.testing.assert_allclose(wave_k[:nb], ref_k, rtol=0, atol=2e-6 * np.abs(ref_k).max())
+    res_k, e, lo = ref_k.astype(np.complex64).copy(), np.zeros(nb), np.zeros(nb)
+    kc.residual(res_k, amps, index, 0, 1.0 / n, e, lo)      # the batched kernel, as the reference
+    np.testing.assert_allclose(err, e, rtol=1e-5)
+    np.testing.assert_allclose(g[:nb], res_k, rtol=0, atol=2e-5 * np.abs(res_k).max())
+    np.testing.assert_allclose(g_real[:nb], np.fft.ifft2(res_k) * n * n, rtol=0, atol=2e-5 * np.abs(res_k).max() * n)
+    assert not g[nb:].any() and not waves[:, nb:].any() and not g_real[nb:].any()
     g_real = be.zeros((C, n, n))
     g_real[...] = psi
     be.propagate_back(plans, g_real, g, np.conj(h), nb)

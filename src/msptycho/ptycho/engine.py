@@ -159,25 +159,36 @@ class MultisliceEngine:
         self.be.refresh_transmission(self.V, self.sigma, self.T)
 
     # -- forward model ----------------------------------------------------------------------------
-    def _forward(self, idx: np.ndarray):
+    def _forward(self, idx: np.ndarray, residual=None):
         """Multislice forward pass of positions ``idx`` (at most one chunk) with the current
         state: fills ``exit_waves[:, :nb]`` with the exit wave of every slice (the incident wave,
         multiplied in place by the slice's transmission) and the phase ramps, and returns the last
         exit wave in Fourier space, ``g[:nb]`` (unnormalised FFT), and the window corners on the
         backend. Every FFT is out of place (``g`` holds the Fourier-space waves): FFTW's
         out-of-place transforms of waves that are no longer in cache run 10-15 % faster than its
-        in-place ones on the machines measured."""
+        in-place ones on the machines measured.
+
+        ``residual``, optional: ``(index, mode, err, loss, keep_wave)`` goes on to the detector
+        residual (``g`` then holds the loss's gradient, ``wave_k`` the detector wave if
+        ``keep_wave``) and its inverse FFT into ``g_real[:nb]``."""
         be = self.be
         nb, nz = len(idx), self.nz
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         corners = be.asarray(self.corners[:nb])
         be.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
         g = self.g[:nb]
+        if self.window_plans is not None:
+            # each window through all of it while in cache (kernels_cpu.CPUBackend.forward_pass)
+            res = None
+            if residual is not None:
+                index, mode, err, loss, keep = residual
+                res = (self.amps, index, mode, 1.0 / self.gain, err, loss, self.g_real,
+                       self.wave_k if keep else None)
+            be.forward_pass(self.window_plans, self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.exit_waves,
+                            self.g, self.T, corners, self.h, nb, res)
+            return g, corners
         be.incident(self.Pk, self.rampx, self.rampy, 1.0 / self.gain, g)
         be.ifft2(g, out=self.exit_waves[0, :nb])
-        if self.window_plans is not None:
-            be.forward_slices(self.window_plans, self.exit_waves, self.g, self.T, corners, self.h, nb)
-            return g, corners
         for s in range(nz):
             wave = self.exit_waves[s, :nb]
             be.transmit(wave, self.T[s], corners, wave)
@@ -185,6 +196,12 @@ class MultisliceEngine:
             if s < nz - 1:
                 be.multiply(g, self.h)
                 be.ifft2(g, out=self.exit_waves[s + 1, :nb])
+        if residual is not None:
+            index, mode, err, loss, keep = residual
+            if keep:
+                self.wave_k[:nb] = g
+            be.residual(g, self.amps, index, mode, 1.0 / self.gain, err, loss)
+            be.ifft2(g, out=self.g_real[:nb])
         return g, corners
 
     def model_patterns(self, idx: np.ndarray) -> np.ndarray:
@@ -225,15 +242,12 @@ class MultisliceEngine:
             sub = idx[c0:c0 + C]
             m = len(sub)
             first = c0 == 0
-            g, corners = self._forward(sub)
-            if update_positions:
-                self.wave_k[:m] = g
-            K.residual(g, self.amps, be.asarray(sub), mode, 1.0 / self.gain, self.err[c0:c0 + m],
-                       self.loss[c0:c0 + m])
+            # forward, detector residual and its inverse FFT into g_real
+            g, corners = self._forward(sub, (be.asarray(sub), mode, self.err[c0:c0 + m], self.loss[c0:c0 + m],
+                                             update_positions))
             # back through the slices: the real-space gradient in g_real, the Fourier-space one
             # in g (out-of-place FFTs, as in the forward pass)
             g_real = self.g_real[:m]
-            be.ifft2(g, out=g_real)
             for s in range(nz - 1, -1, -1):
                 rows = (self.row_lo[s], self.row_hi[s], self.rowmax[s]) if first else self.chunk_rows
                 K.back_slice(g_real, self.exit_waves[s, :m], self.T[s], corners, m, self.sigma, self.grad[s],

@@ -153,9 +153,9 @@ def _measure(pyfftw, a, out, kw) -> None:
 
 
 # -- FFTW's plans for Numba kernels -----------------------------------------------------------------
-# The fused CPU kernels (kernels_cpu.forward_slices, kernels_cpu.propagate_back) call FFTW themselves,
-# one window at a time, through its new-array execute function, so that a window stays in cache
-# between its transforms and products. They use the very FFTW library pyfftw loaded (same planner,
+# The fused CPU kernels (CPUBackend.forward_pass and propagate_back in kernels_cpu) call FFTW
+# themselves, one window at a time, through its new-array execute function, so that a window stays
+# in cache between its transforms and products. They use the very FFTW library pyfftw loaded (same planner,
 # same wisdom), found among the process's mapped files; where that cannot be done (no pyfftw, not
 # Linux) the engine keeps its batched transforms.
 
