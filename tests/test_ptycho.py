@@ -641,3 +641,15 @@ def test_vectorised_kernels_refuse_windows_outside_the_object():
                           np.zeros((20, 20), np.float32), np.zeros((20, 20), np.float32), np.zeros(20, np.int64),
                           np.zeros(20, np.int64), np.zeros(20, np.float32))
     kc.transmit(psi, trans, np.array([[12, 12]], dtype=np.int64), psi)     # the last corner that fits
+
+
+def test_kernels_writing_flat_views_refuse_non_contiguous_arrays():
+    """Kernels that work on a flat view of their output would write into a copy of a
+    non-contiguous array and lose the result: they refuse it."""
+    from msptycho.ptycho import kernels_cpu as kc
+    wave = np.ones((2, 8, 16), np.complex64)[:, :, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kc.residual(wave, np.ones((2, 8, 8), np.float32), np.arange(2), 0, 1.0, np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kc.incident(np.ones((8, 8), np.complex64), np.ones((2, 8), np.complex64), np.ones((2, 8), np.complex64), 1.0,
+                    wave)

@@ -86,6 +86,14 @@ def _f(a: np.ndarray) -> np.ndarray:
     return a.view(np.float32)
 
 
+def _flat(a: np.ndarray) -> np.ndarray:
+    """Flat float32 view of a C-contiguous complex64 array (never a copy: kernels write into it)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"kernels_cpu: expected a C-contiguous array, got one of shape {a.shape} and strides "
+                         f"{a.strides}")
+    return a.view(np.float32).reshape(-1)
+
+
 # -- explicit SIMD ------------------------------------------------------------------------------
 # Building blocks for the kernels: Numba intrinsics that emit LLVM vector IR. They live in this
 # module, not their own, because Numba's on-disk cache of a kernel is invalidated only by changes
@@ -295,7 +303,7 @@ def _incident(probe_k, rampx, rampy, scale, out, nb):
 def incident(probe_k, rampx, rampy, scale, out):
     """``out[b] = scale * probe_k * rampx[b][:, None] * rampy[b][None, :]`` (Fourier-space
     shifted probes; ``scale`` undoes the gain of the backend's unnormalised inverse FFT)."""
-    _incident(_f(probe_k), _f(rampx), _f(rampy), scale, _f(out).reshape(-1), out.shape[0])
+    _incident(_f(probe_k), _f(rampx), _f(rampy), scale, _flat(out), out.shape[0])
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -455,7 +463,7 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     ``loss[b]`` the value of the chosen loss (float64; float32 within a detector row, float64
     over rows, in a fixed order).
     """
-    _residual(_f(wave_k).reshape(-1), amplitudes, index, poisson, scale, err, loss, wave_k.shape[0])
+    _residual(_flat(wave_k), amplitudes, index, poisson, scale, err, loss, wave_k.shape[0])
 
 
 #: Object rows per task of :func:`back_slice`: a task walks its rows of each window in turn.
@@ -955,8 +963,8 @@ class CPUBackend:
         if wp is not None and wp.applies(a, out):
             # out of place with single-window plans: the windows in parallel, one per thread
             n0, n1 = a.shape[-2:]
-            _execute_windows(wp.execute, wp.forward if forward else wp.inverse, _f(a).reshape(-1),
-                             _f(out).reshape(-1), a.size // (n0 * n1), n0 * n1 * 2)
+            _execute_windows(wp.execute, wp.forward if forward else wp.inverse, _flat(a), _flat(out),
+                             a.size // (n0 * n1), n0 * n1 * 2)
         elif self.fft_library == "fftw":
             self._plan(a, forward, out).execute()
         elif self.fft_library == "pocketfft":
@@ -1017,9 +1025,8 @@ class CPUBackend:
             amps, index, poisson, rscale, err, loss, g_real, wave_k = residual
         keep = residual is not None and wave_k is not None
         _forward_pass(plans.execute, plans.forward, plans.inverse, _f(probe_k), _f(rampx), _f(rampy), incident_scale,
-                      _f(waves).reshape(-1), _f(g).reshape(-1), _f(trans), corners, _f(h).reshape(-1), nb, nz, C,
-                      residual is not None, amps, index, poisson, rscale, err, loss, _f(g_real).reshape(-1), keep,
-                      _f(wave_k if keep else g).reshape(-1))
+                      _flat(waves), _flat(g), _f(trans), corners, _flat(h), nb, nz, C, residual is not None, amps,
+                      index, poisson, rscale, err, loss, _flat(g_real), keep, _flat(wave_k if keep else g))
 
     @staticmethod
     def propagate_back(plans, g_real, g, hc, nb) -> None:
@@ -1027,8 +1034,8 @@ class CPUBackend:
         receives the Fourier-space product): the batched fft2, multiply, ifft2 of the engine's
         backward pass, fused."""
         n0, n1 = g_real.shape[1:]
-        _propagate_back(plans.execute, plans.forward, plans.inverse, _f(g_real).reshape(-1), _f(g).reshape(-1),
-                        _f(hc).reshape(-1), nb, n0 * 2 * n1)
+        _propagate_back(plans.execute, plans.forward, plans.inverse, _flat(g_real), _flat(g), _flat(hc), nb,
+                        n0 * 2 * n1)
 
     def asarray(self, a):
         return a
