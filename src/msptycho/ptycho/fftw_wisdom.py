@@ -18,12 +18,14 @@ process alone, with a warning naming the file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
 import pickle
 import platform
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +157,9 @@ def _measure(pyfftw, a, out, kw) -> None:
 # -- FFTW's plans for Numba kernels -----------------------------------------------------------------
 # The fused CPU kernels (CPUBackend.forward_pass and propagate_back in kernels_cpu) call FFTW
 # themselves, one window at a time, through its new-array execute function, so that a window stays
-# in cache between its transforms and products. They use the very FFTW library pyfftw loaded (same planner,
-# same wisdom), found among the process's mapped files; where that cannot be done (no pyfftw, not
-# Linux) the engine keeps its batched transforms.
+# in cache between its transforms and products. They use the very FFTW library pyfftw loaded (same
+# planner, same wisdom), found among the process's mapped files; where that cannot be done (no
+# pyfftw, not Linux) the engine keeps its batched transforms.
 
 FFTW_MEASURE = 0
 FFTW_ESTIMATE = 1 << 6
@@ -188,8 +190,6 @@ class WindowPlans:
     """
 
     def __init__(self, src: np.ndarray, dst: np.ndarray, planning: str = "measure", path: Path | None = None):
-        import ctypes
-
         import pyfftw
         main, threads = _mapped_fftwf_libraries()
         if main is None:
@@ -222,9 +222,7 @@ class WindowPlans:
         self._align = (s.ctypes.data % ALIGN, d.ctypes.data % ALIGN)
         self.execute = ctypes.cast(lib.fftwf_execute_dft, addr).value
         self._lib = lib
-        import weakref
         weakref.finalize(self, _destroy, lib, list(plans))
-
 
     def applies(self, src: np.ndarray, dst: np.ndarray) -> bool:
         """Whether the plans may transform the windows of ``src`` into those of ``dst``: C-contiguous

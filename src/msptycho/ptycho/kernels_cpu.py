@@ -108,7 +108,7 @@ def _flat(a: np.ndarray) -> np.ndarray:
 # within 128-bit halves (``movsldup``/``movshdup``/``shufps`` and ``fmaddsub`` on x86, the same
 # generic IR on other targets):
 #
-# * :func:`cmul4` / :func:`cmul4_conj`: four complex products ``a * b`` / ``a * conj(b)``;
+# * :func:`cmul4`: four complex products ``a * b``;
 # * :func:`back_slice8`: eight pixels of the transmission's adjoint and the potential gradient
 #   (:func:`back_slice`).
 #
@@ -162,29 +162,21 @@ def _cmul(builder, va, vb, conj_b):
         builder.shuffle_vector(sub, add, _EVEN_ODD_BLEND)
 
 
-def _cmul_intrinsic(conj_b):
-    def impl(typingctx, out, io, a, ia, b, ib):
-        _check_arrays(out, a, b)
-        sig = types.void(out, types.intp, a, types.intp, b, types.intp)
+@intrinsic
+def cmul4(typingctx, out, io, a, ia, b, ib):
+    """``out[io:io+8] = a[ia:ia+8] * b[ib:ib+8]``: four interleaved complex products (``out``
+    may be ``a`` or ``b`` at the same index). No bounds checks."""
+    _check_arrays(out, a, b)
+    sig = types.void(out, types.intp, a, types.intp, b, types.intp)
 
-        def codegen(context, builder, signature, args):
-            out_, io_, a_, ia_, b_, ib_ = args
-            ty = signature.args
-            va = builder.load(_ptr(context, builder, ty[2], a_, ia_), align=4)
-            vb = builder.load(_ptr(context, builder, ty[4], b_, ib_), align=4)
-            builder.store(_cmul(builder, va, vb, conj_b), _ptr(context, builder, ty[0], out_, io_), align=4)
-            return context.get_dummy_value()
-        return sig, codegen
-    return impl
-
-
-cmul4 = intrinsic(_cmul_intrinsic(False))
-cmul4.__doc__ = """``out[io:io+8] = a[ia:ia+8] * b[ib:ib+8]``: four interleaved complex products
-(``out`` may be ``a`` or ``b`` at the same index). No bounds checks."""
-
-cmul4_conj = intrinsic(_cmul_intrinsic(True))
-cmul4_conj.__doc__ = """``out[io:io+8] = a[ia:ia+8] * conj(b[ib:ib+8])``: four interleaved
-complex products with the second factor conjugated. No bounds checks."""
+    def codegen(context, builder, signature, args):
+        out_, io_, a_, ia_, b_, ib_ = args
+        ty = signature.args
+        va = builder.load(_ptr(context, builder, ty[2], a_, ia_), align=4)
+        vb = builder.load(_ptr(context, builder, ty[4], b_, ib_), align=4)
+        builder.store(_cmul(builder, va, vb, False), _ptr(context, builder, ty[0], out_, io_), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 @intrinsic
