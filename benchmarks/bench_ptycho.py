@@ -209,12 +209,12 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
 
 
 def fft_floor_sampler(n, batches, workers, seconds=0.2):
-    """A function ``sample(count)`` that measures the FFT floor once: for each batch size, the
-    library with the best throughput for unnormalised complex64 n x n FFTs, in place or out of
-    place (the input kept, as the engine's are; FFTW's run faster out of place here) (each tried
-    for about ``seconds``) is timed over ``count`` transforms, the number an iteration makes, so
-    that the floor is measured over about as long as an iteration, under the same load of a
-    shared machine. It returns {batch: (seconds per FFT, library, batch, CPU seconds per FFT)}."""
+    """A function ``sample(count)`` that measures the FFT floor once. For each batch size, every
+    library and mode (unnormalised complex64 n x n FFTs, in place or out of place, the input kept
+    as the engine's are) is tried for about ``seconds``; the one with the best throughput is then
+    timed over ``count`` transforms, the number an iteration makes, so that the floor is measured
+    over about as long as an iteration, under the same load of a shared machine. It returns
+    {batch: (seconds per FFT, library, batch, CPU seconds per FFT)}."""
     from msptycho.ptycho.kernels_cpu import CPUBackend, _pocketfft
     pfft = _pocketfft()
     try:

@@ -177,13 +177,12 @@ class MultisliceEngine:
         corners = be.asarray(self.corners[:nb])
         be.ramps(be.asarray(self.frac[:nb]), self.kx, self.ky, self.rampx, self.rampy)
         g = self.g[:nb]
+        if residual is not None:
+            index, mode, err, loss, keep = residual
         if self.window_plans is not None:
             # each window through all of it while in cache (kernels_cpu.CPUBackend.forward_pass)
-            res = None
-            if residual is not None:
-                index, mode, err, loss, keep = residual
-                res = (self.amps, index, mode, 1.0 / self.gain, err, loss, self.g_real,
-                       self.wave_k if keep else None)
+            res = None if residual is None else (self.amps, index, mode, 1.0 / self.gain, err, loss, self.g_real,
+                                                 self.wave_k if keep else None)
             be.forward_pass(self.window_plans, self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.exit_waves,
                             self.g, self.T, corners, self.h, nb, res)
             return g, corners
@@ -197,7 +196,6 @@ class MultisliceEngine:
                 be.multiply(g, self.h)
                 be.ifft2(g, out=self.exit_waves[s + 1, :nb])
         if residual is not None:
-            index, mode, err, loss, keep = residual
             if keep:
                 self.wave_k[:nb] = g
             be.residual(g, self.amps, index, mode, 1.0 / self.gain, err, loss)

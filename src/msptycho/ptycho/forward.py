@@ -21,7 +21,6 @@ Conventions (see ``workflow/schemas/datacube.md`` and :mod:`msptycho.physics`):
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from .. import physics

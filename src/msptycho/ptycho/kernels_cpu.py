@@ -16,6 +16,7 @@ A GPU backend supplies the same functions (same signatures) and FFTs; the engine
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -33,7 +34,7 @@ from numba.extending import intrinsic  # noqa: E402
 
 from .fftw_wisdom import ALIGN, WindowPlans, measured_plan  # noqa: E402
 
-TWO_PI = np.float32(2 * np.pi)
+LOG = logging.getLogger("msptycho.ptycho")
 
 
 @njit(parallel=True, cache=True)
@@ -139,12 +140,13 @@ def _check_arrays(*tys):
             raise TypeError(f"SIMD intrinsics: expected 1-D float32 arrays, got {t}")
 
 
-def _ptr(context, builder, arrty, arr, idx, offset=0):
-    """Pointer to ``<8 x float>`` at float ``idx + offset`` of the 1-D array ``arr``."""
+def _ptr(context, builder, arrty, arr, idx, offset=0, to=_F8):
+    """Pointer to ``to`` (default ``<8 x float>``) at float ``idx + offset`` of the 1-D array
+    ``arr``."""
     a = context.make_array(arrty)(context, builder, arr)
     if offset:
         idx = builder.add(idx, ir.Constant(idx.type, offset))
-    return builder.bitcast(builder.gep(a.data, [idx]), _F8.as_pointer())
+    return builder.bitcast(builder.gep(a.data, [idx]), to.as_pointer())
 
 
 def _cmul(builder, va, vb, conj_b):
@@ -229,14 +231,11 @@ def fftw_execute(typingctx, fn, plan, src, isrc, dst, idst):
     def codegen(context, builder, signature, args):
         fn_, plan_, src_, isrc_, dst_, idst_ = args
         ty = signature.args
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p])
+        i8 = ir.IntType(8)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 3)
         f = builder.inttoptr(fn_, fnty.as_pointer())
-
-        def at(arrty, arr, idx):
-            a = context.make_array(arrty)(context, builder, arr)
-            return builder.bitcast(builder.gep(a.data, [idx]), i8p)
-        builder.call(f, [builder.inttoptr(plan_, i8p), at(ty[2], src_, isrc_), at(ty[4], dst_, idst_)])
+        builder.call(f, [builder.inttoptr(plan_, i8.as_pointer()), _ptr(context, builder, ty[2], src_, isrc_, to=i8),
+                         _ptr(context, builder, ty[4], dst_, idst_, to=i8)])
         return context.get_dummy_value()
     return sig, codegen
 
@@ -262,6 +261,15 @@ def _product(a, ia, b, ib, m):
         xi = a[ia + j + 1]
         a[ia + j] = xr * b[ib + j] - xi * b[ib + j + 1]
         a[ia + j + 1] = xr * b[ib + j + 1] + xi * b[ib + j]
+
+
+@njit(fastmath=FAST, inline="always")
+def _propagate(fn, plan_f, plan_b, src, isrc, k, ik, h, dst, idst, win):
+    """One window through the propagator: ``k = FFT(src)``, ``k *= h``, ``dst = IFFT(k)`` (flat
+    float32 arrays at float offsets; ``win`` floats per window)."""
+    fftw_execute(fn, plan_f, src, isrc, k, ik)
+    _product(k, ik, h, 0, win)
+    fftw_execute(fn, plan_b, k, ik, dst, idst)
 
 
 @njit(fastmath=FAST, inline="always")
@@ -318,23 +326,19 @@ def transmit(psi, trans, corners, out):
     first)."""
     if out is not psi:
         out[...] = psi
-    # one array name for the wave: with two, LLVM's alias check would pick the scalar loop
     _transmit_in_place(_f(out), _f(trans), corners)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def _multiply(a, h):
-    nb = a.shape[0]
-    n0 = h.shape[0]
-    m = h.shape[1]
+def _multiply(a, h, nb):
+    win = h.shape[0]
     for b in prange(nb):
-        for i in range(n0):
-            _product(a[b, i], 0, h[i], 0, m)
+        _product(a, b * win, h, 0, win)
 
 
 def multiply(a, h):
     """``a[b] *= h`` for every ``b`` (Fresnel propagator in Fourier space)."""
-    _multiply(_f(a), _f(h))
+    _multiply(_flat(a), _flat(h), a.shape[0])
 
 
 # -- fused kernels: FFTs and products of one window while it is in cache ----------------------------
@@ -358,10 +362,10 @@ def _forward_pass(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wav
             wb = (s * C + b) * win
             for i in range(n0):             # exit wave = incident wave * transmission
                 _product(waves, wb + i * m, trans[s, x0 + i, y0:y0 + m], 0, m)
-            fftw_execute(fn, plan_f, waves, wb, g, gb)
             if s < nz - 1:                  # Fresnel propagation to the next slice
-                _product(g, gb, h, 0, win)
-                fftw_execute(fn, plan_b, g, gb, waves, wb + C * win)
+                _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, wb + C * win, win)
+            else:                           # the detector plane
+                fftw_execute(fn, plan_f, waves, wb, g, gb)
         if residual:
             if keep:                        # the detector wave, kept for the position update
                 for j in range(win):
@@ -381,10 +385,7 @@ def _execute_windows(fn, plan, src, dst, nb, win):
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _propagate_back(fn, plan_f, plan_b, g_real, g, hc, nb, win):
     for b in prange(nb):
-        o = b * win
-        fftw_execute(fn, plan_f, g_real, o, g, o)
-        _product(g, o, hc, 0, win)
-        fftw_execute(fn, plan_b, g, o, g_real, o)
+        _propagate(fn, plan_f, plan_b, g_real, b * win, g, b * win, hc, g_real, b * win, win)
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always")
@@ -501,7 +502,7 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
                 t = trans[x, 2 * y0:2 * (y0 + n1)]
                 gr_ = grad[x, y0:y0 + n1]
                 ir_ = illum[x, y0:y0 + n1]
-                for j in range(0, n8, 8):       # whole blocks of 8 pixels (simd.back_slice8)
+                for j in range(0, n8, 8):       # whole blocks of 8 pixels (back_slice8)
                     back_slice8(gb, 2 * j, pb, 2 * j, t, 2 * j, gr_, j, ir_, j, sg)
                 for j in range(n8, n1):
                     tr = t[2 * j]
@@ -990,8 +991,7 @@ class CPUBackend:
             self._window_plans[(n0, n1)] = wp      # also for the out-of-place fft2/ifft2 of such windows
             return wp
         except OSError as e:
-            import logging
-            logging.getLogger("msptycho.ptycho").info("fused FFT kernels not used (%s); batched FFTs instead", e)
+            LOG.info("fused FFT kernels not used (%s); batched FFTs instead", e)
             return None
 
     @staticmethod
