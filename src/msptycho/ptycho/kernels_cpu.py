@@ -30,6 +30,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 from .fftw_wisdom import ALIGN, WindowPlans, measured_plan  # noqa: E402
@@ -219,6 +220,222 @@ def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
     return sig, codegen
 
 
+_I32 = ir.IntType(32)
+_F4 = ir.VectorType(ir.FloatType(), 4)
+_PAIRS_LO = _mask(0, 0, 1, 1, 2, 2, 3, 3)      # pixels 0-3 of a natural-order vector, each twice
+_PAIRS_HI = _mask(4, 4, 5, 5, 6, 6, 7, 7)
+
+
+def _splat(builder, re, im=None):
+    """<8 x float> of ``re`` in every lane, or of the complex ``(re, im)`` in every pair."""
+    und = ir.Constant(_F8, ir.Undefined)
+    v = builder.insert_element(und, re, ir.Constant(_I32, 0))
+    if im is None:
+        return builder.shuffle_vector(v, und, _mask(*([0] * 8)))
+    v = builder.insert_element(v, im, ir.Constant(_I32, 1))
+    return builder.shuffle_vector(v, und, _mask(0, 1, 0, 1, 0, 1, 0, 1))
+
+
+def _hsum(builder, v):
+    """Sum of the 8 lanes of ``v`` (a float): halves, then quarters, then the last two."""
+    und, und4 = ir.Constant(_F8, ir.Undefined), ir.Constant(_F4, ir.Undefined)
+    s = builder.fadd(builder.shuffle_vector(v, und, _mask(0, 1, 2, 3)),
+                     builder.shuffle_vector(v, und, _mask(4, 5, 6, 7)), flags=_FAST)
+    s = builder.fadd(builder.shuffle_vector(s, und4, _mask(0, 1)), builder.shuffle_vector(s, und4, _mask(2, 3)),
+                     flags=_FAST)
+    return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)),
+                        builder.extract_element(s, ir.Constant(_I32, 1)), flags=_FAST)
+
+
+def _pair_sums(builder, u0, u1):
+    """``re + im`` of each of the 8 complex numbers held in ``u0, u1`` (<8 x float> each), in
+    pixel order."""
+    return builder.fadd(builder.shuffle_vector(u0, u1, _EVENS), builder.shuffle_vector(u0, u1, _ODDS), flags=_FAST)
+
+
+def _loads(context, builder, arrty, arr, idx, count=2):
+    """``count`` consecutive <8 x float> from float ``idx`` of the 1-D array ``arr``."""
+    return [builder.load(_ptr(context, builder, arrty, arr, idx, 8 * k), align=4) for k in range(count)]
+
+
+@intrinsic
+def cmul4s(typingctx, out, io, a, ia, cr, ci):
+    """``out[io:io+8] = a[ia:ia+8] * (cr + i ci)``: four interleaved complex numbers times one
+    complex scalar (``out`` may be ``a`` at the same index). No bounds checks."""
+    _check_arrays(out, a)
+    sig = types.void(out, types.intp, a, types.intp, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        out_, io_, a_, ia_, cr_, ci_ = args
+        ty = signature.args
+        va = builder.load(_ptr(context, builder, ty[2], a_, ia_), align=4)
+        builder.store(_cmul(builder, va, _splat(builder, cr_, ci_), False), _ptr(context, builder, ty[0], out_, io_),
+                      align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _blocks(builder, nblocks, body, nacc):
+    """Emit ``for k in range(nblocks): acc += body(k)`` with ``nacc`` <8 x float> accumulators
+    (``body`` returns one vector for each); returns each accumulator's lane sum (a float). The
+    accumulators live in registers, so a row costs one horizontal sum, not one per block."""
+    zero = ir.Constant(_F8, [ir.Constant(ir.FloatType(), 0.0)] * 8)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(nacc)]
+    with cgutils.for_range(builder, nblocks) as loop:
+        for acc, v in zip(accs, body(loop.index)):
+            builder.store(builder.fadd(builder.load(acc), v, flags=_FAST), acc)
+    return [_hsum(builder, builder.load(acc)) for acc in accs]
+
+
+def _at(builder, base, k, stride):
+    """Float index ``base + k * stride`` (``k`` the block number)."""
+    return builder.add(base, builder.mul(k, ir.Constant(k.type, stride)))
+
+
+@intrinsic
+def residual_blocks(typingctx, w, iw, amp, ia, nblocks, sc, two):
+    """``nblocks`` blocks of eight pixels of the amplitude loss's detector residual
+    (:func:`residual`, amplitude mode): with ``Psi = sc * w[iw:iw+16 nblocks]`` (interleaved
+    complex) and ``a = amp[ia:ia+8 nblocks]``, writes ``Psi * two * (1 - a / max(|Psi|, 1e-30))``
+    over ``w`` and returns ``sum (|Psi| - a)^2`` (float32). No bounds checks."""
+    _check_arrays(w, amp)
+    sig = types.float32(w, types.intp, amp, types.intp, types.intp, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        w_, iw_, a_, ia_, nblocks_, sc_, two_ = args
+        ty = signature.args
+        und = ir.Constant(_F8, ir.Undefined)
+        s = _splat(builder, sc_)
+        twov = _splat(builder, two_)
+        one = _splat(builder, ir.Constant(ir.FloatType(), 1.0))
+        tiny = _splat(builder, ir.Constant(ir.FloatType(), 1e-30))
+        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8]), "llvm.sqrt.v8f32")
+
+        def body(k):
+            iw = _at(builder, iw_, k, 16)
+            v = [builder.fmul(x, s, flags=_FAST) for x in _loads(context, builder, ty[0], w_, iw)]
+            m = builder.call(sqrt, [_pair_sums(builder, *[builder.fmul(x, x, flags=_FAST) for x in v])])
+            a = builder.load(_ptr(context, builder, ty[2], a_, _at(builder, ia_, k, 8)), align=4)
+            d = builder.fsub(m, a, flags=_FAST)
+            mt = builder.select(builder.fcmp_ordered(">", m, tiny), m, tiny)
+            f = builder.fmul(twov, builder.fsub(one, builder.fdiv(a, mt, flags=_FAST), flags=_FAST), flags=_FAST)
+            for j, pairs in ((0, _PAIRS_LO), (1, _PAIRS_HI)):
+                builder.store(builder.fmul(v[j], builder.shuffle_vector(f, und, pairs), flags=_FAST),
+                              _ptr(context, builder, ty[0], w_, iw, 8 * j), align=4)
+            return [builder.fmul(d, d, flags=_FAST)]
+        return _blocks(builder, nblocks_, body, 1)[0]
+    return sig, codegen
+
+
+@intrinsic
+def probe_gradient4(typingctx, out, io, g, ig, r, ir_, cr, ci):
+    """``out[io:io+8] += g[ig:ig+8] * conj(r[ir:ir+8]) * (cr + i ci)``: four interleaved complex
+    numbers of the probe gradient. No bounds checks."""
+    _check_arrays(out, g, r)
+    sig = types.void(out, types.intp, g, types.intp, r, types.intp, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        out_, io_, g_, ig_, r_, ir2, cr_, ci_ = args
+        ty = signature.args
+        vg = builder.load(_ptr(context, builder, ty[2], g_, ig_), align=4)
+        vr = builder.load(_ptr(context, builder, ty[4], r_, ir2), align=4)
+        t = _cmul(builder, _cmul(builder, vg, vr, True), _splat(builder, cr_, ci_), False)
+        po = _ptr(context, builder, ty[0], out_, io_)
+        builder.store(builder.fadd(builder.load(po, align=4), t, flags=_FAST), po, align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def position_gradient_blocks(typingctx, g, ig, p, ip, r, ir_, cr, ci, k, ik, nblocks):
+    """``nblocks`` blocks of eight pixels of :func:`position_gradient`: with ``Q = p * (cr + i ci)
+    * r`` and ``G = g`` (interleaved complex, from ``ip``, ``ir``, ``ig``), returns
+    ``(sum Im(conj(G) Q), sum k Im(conj(G) Q))`` (float32; ``k`` from ``ik``). No bounds
+    checks."""
+    _check_arrays(g, p, r, k)
+    sig = types.UniTuple(types.float32, 2)(g, types.intp, p, types.intp, r, types.intp, types.float32,
+                                           types.float32, k, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        g_, ig_, p_, ip_, r_, ir2, cr_, ci_, k_, ik_, nblocks_ = args
+        ty = signature.args
+        und = ir.Constant(_F8, ir.Undefined)
+        c = _splat(builder, cr_, ci_)
+
+        def body(kb):
+            vg = _loads(context, builder, ty[0], g_, _at(builder, ig_, kb, 16))
+            vp = _loads(context, builder, ty[2], p_, _at(builder, ip_, kb, 16))
+            vr = _loads(context, builder, ty[4], r_, _at(builder, ir2, kb, 16))
+            q = [_cmul(builder, _cmul(builder, vp[j], c, False), vr[j], False) for j in (0, 1)]
+            # t = swap(G) Q = (gi qr, gr qi): Im(conj(G) Q) = gr qi - gi qr = odd(t) - even(t)
+            t = [builder.fmul(builder.shuffle_vector(vg[j], und, _SWAP), q[j], flags=_FAST) for j in (0, 1)]
+            im = builder.fsub(builder.shuffle_vector(t[0], t[1], _ODDS), builder.shuffle_vector(t[0], t[1], _EVENS),
+                              flags=_FAST)
+            vk = builder.load(_ptr(context, builder, ty[8], k_, _at(builder, ik_, kb, 8)), align=4)
+            return [im, builder.fmul(vk, im, flags=_FAST)]
+        return context.make_tuple(builder, signature.return_type, _blocks(builder, nblocks_, body, 2))
+    return sig, codegen
+
+
+@intrinsic
+def position_curvature_blocks(typingctx, w, iw, a, ia, c, ic, nblocks):
+    """``nblocks`` blocks of eight pixels of :func:`position_curvature`: with ``W``, ``A`` and
+    ``C`` interleaved complex from ``iw``, ``ia``, ``ic``, returns ``(sum Re(conj(W) A)^2 / |W|^2,
+    sum Re(conj(W) C)^2 / |W|^2)`` (float32; pixels where ``W = 0`` add nothing). No bounds
+    checks."""
+    _check_arrays(w, a, c)
+    sig = types.UniTuple(types.float32, 2)(w, types.intp, a, types.intp, c, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        w_, iw_, a_, ia_, c_, ic_, nblocks_ = args
+        ty = signature.args
+        zero = _splat(builder, ir.Constant(ir.FloatType(), 0.0))
+        one = _splat(builder, ir.Constant(ir.FloatType(), 1.0))
+        tiny = _splat(builder, ir.Constant(ir.FloatType(), 1e-30))
+
+        def body(k):
+            vw = _loads(context, builder, ty[0], w_, _at(builder, iw_, k, 16))
+            va = _loads(context, builder, ty[2], a_, _at(builder, ia_, k, 16))
+            vc = _loads(context, builder, ty[4], c_, _at(builder, ic_, k, 16))
+            m2 = _pair_sums(builder, *[builder.fmul(x, x, flags=_FAST) for x in vw])
+            ux = _pair_sums(builder, *[builder.fmul(vw[j], va[j], flags=_FAST) for j in (0, 1)])
+            uy = _pair_sums(builder, *[builder.fmul(vw[j], vc[j], flags=_FAST) for j in (0, 1)])
+            inv = builder.fdiv(one, builder.select(builder.fcmp_ordered(">", m2, tiny), m2, tiny), flags=_FAST)
+            inv = builder.select(builder.fcmp_ordered(">", m2, zero), inv, zero)
+            return [builder.fmul(builder.fmul(u, u, flags=_FAST), inv, flags=_FAST) for u in (ux, uy)]
+        return context.make_tuple(builder, signature.return_type, _blocks(builder, nblocks_, body, 2))
+    return sig, codegen
+
+
+@intrinsic
+def exit_times_ig8(typingctx, p, ip, vm, vp, vl, vr, iv, hs, ox, oy, io):
+    """Eight pixels of :func:`exit_shift_derivative` inside the object: with the exit wave
+    ``p[ip:ip+16]`` (interleaved complex), ``gx = hs (vp - vm)`` and ``gy = hs (vr - vl)`` (each
+    of the four rows read at ``iv:iv+8``), ``ox[io:io+16] = p * i gx`` and ``oy[io:io+16] =
+    p * i gy``. No bounds checks."""
+    _check_arrays(p, vm, vp, vl, vr, ox, oy)
+    sig = types.void(p, types.intp, vm, vp, vl, vr, types.intp, types.float32, ox, oy, types.intp)
+
+    def codegen(context, builder, signature, args):
+        p_, ip_, vm_, vp_, vl_, vr_, iv_, hs_, ox_, oy_, io_ = args
+        ty = signature.args
+        und = ir.Constant(_F8, ir.Undefined)
+        hsv = _splat(builder, hs_)
+        row = [builder.load(_ptr(context, builder, ty[k], a, iv_), align=4)
+               for k, a in ((2, vm_), (3, vp_), (4, vl_), (5, vr_))]
+        gx = builder.fmul(hsv, builder.fsub(row[1], row[0], flags=_FAST), flags=_FAST)
+        gy = builder.fmul(hsv, builder.fsub(row[3], row[2], flags=_FAST), flags=_FAST)
+        # i p = (-pi, pr): the swapped pair with the real part's sign flipped
+        sign = ir.Constant(_F8, [ir.Constant(ir.FloatType(), x) for x in (-1.0, 1.0) * 4])
+        for j, (vp0, pairs) in enumerate(zip(_loads(context, builder, ty[0], p_, ip_), (_PAIRS_LO, _PAIRS_HI))):
+            ipv = builder.fmul(builder.shuffle_vector(vp0, und, _SWAP), sign, flags=_FAST)
+            for out_, oty, gv in ((ox_, ty[8], gx), (oy_, ty[9], gy)):
+                builder.store(builder.fmul(ipv, builder.shuffle_vector(gv, und, pairs), flags=_FAST),
+                              _ptr(context, builder, oty, out_, io_, 8 * j), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @intrinsic
 def fftw_execute(typingctx, fn, plan, src, isrc, dst, idst):
     """Call ``fftwf_execute_dft(plan, src + isrc, dst + idst)`` (``fn`` and ``plan`` addresses,
@@ -278,14 +495,17 @@ def _incident_window(probe_k, rampx, rampy, b, sc, out, o):
     n0 = probe_k.shape[0]
     m = probe_k.shape[1]
     n1 = m // 2
+    m8 = m - m % 8
     ry = rampy[b]
     for i in range(n0):
         ar = rampx[b, 2 * i] * sc
         ai = rampx[b, 2 * i + 1] * sc
         p = probe_k[i]
         r = o + i * m
-        for j in range(n1):
-            # (p * ramp_x) * ramp_y
+        for j in range(0, m8, 8):           # (p * ramp_x) * ramp_y, four pixels at a time
+            cmul4s(out, r + j, p, j, ar, ai)
+            cmul4(out, r + j, out, r + j, ry, j)
+        for j in range(m8 // 2, n1):
             qr = p[2 * j] * ar - p[2 * j + 1] * ai
             qi = p[2 * j] * ai + p[2 * j + 1] * ar
             out[r + 2 * j] = qr * ry[2 * j] - qi * ry[2 * j + 1]
@@ -397,6 +617,8 @@ def _residual_window(w, o, amp, poisson, sc):
     tiny = np.float32(1e-30)
     two = np.float32(2.0) * sc
     one = np.float32(1.0)
+    # the amplitude loss eight pixels at a time (residual_blocks), then the tail; Poisson pixel by pixel
+    j0 = n1 - n1 % 8 if poisson == 0 else 0
     e = 0.0
     lo = 0.0
     for i in range(n0):
@@ -404,7 +626,8 @@ def _residual_window(w, o, amp, poisson, sc):
         arow = amp[i]
         er = np.float32(0.0)
         lr = np.float32(0.0)
-        for j in range(n1):
+        er += residual_blocks(w, r, arow, 0, j0 // 8, sc, two)
+        for j in range(j0, n1):
             wr = w[r + 2 * j] * sc
             wi = w[r + 2 * j + 1] * sc
             m2 = wr * wr + wi * wi
@@ -601,6 +824,7 @@ def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, si
 def _probe_gradient(g_k, rampx, rampy, nb, out):
     n0 = out.shape[0]
     n1 = out.shape[1] // 2
+    m8 = 2 * n1 - (2 * n1) % 8
     for i in prange(n0):
         o = out[i]
         for j in range(2 * n1):
@@ -610,7 +834,9 @@ def _probe_gradient(g_k, rampx, rampy, nb, out):
             ai = -rampx[b, 2 * i + 1]
             ry = rampy[b]
             gb = g_k[b, i]
-            for j in range(n1):
+            for j in range(0, m8, 8):       # g conj(ry) conj(rx), four pixels at a time
+                probe_gradient4(o, j, gb, j, ry, j, ar, ai)
+            for j in range(m8 // 2, n1):
                 # conj(rx) conj(ry) g
                 cr = ar * ry[2 * j] + ai * ry[2 * j + 1]
                 ci = ai * ry[2 * j] - ar * ry[2 * j + 1]
@@ -630,6 +856,7 @@ def probe_gradient(g_k, rampx, rampy, nb, out):
 def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
     n0 = g_k.shape[1]
     n1 = g_k.shape[2] // 2
+    n8 = n1 - n1 % 8
     for b in prange(nb):
         sx = 0.0
         sy = 0.0
@@ -640,7 +867,10 @@ def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
             p = probe_k[i]
             gb = g_k[b, i]
             rowx = np.float32(0.0)
-            for j in range(n1):
+            dx, dy = position_gradient_blocks(gb, 0, p, 0, ry, 0, ar, ai, ky, 0, n8 // 8)   # 8 pixels at a time
+            rowx += dx
+            sy += dy
+            for j in range(n8, n1):
                 pr = p[2 * j] * ar - p[2 * j + 1] * ai
                 pi = p[2 * j] * ai + p[2 * j + 1] * ar
                 qr = pr * ry[2 * j] - pi * ry[2 * j + 1]
@@ -678,6 +908,7 @@ def _write_exit_times_ig(p, j, gx, gy, ox, oy):
 def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
+    n8 = n1 - n1 % 8
     nx, ny = projected.shape
     hs = np.float32(0.5 * sigma)
     for b in prange(nb):
@@ -695,7 +926,9 @@ def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
             if inside:
                 vl = projected[X, y0 - 1:y0 + n1 - 1]
                 vr = projected[X, y0 + 1:y0 + n1 + 1]
-                for j in range(n1):
+                for j in range(0, n8, 8):   # eight pixels at a time
+                    exit_times_ig8(p, 2 * j, vm, vp, vl, vr, j, hs, ox, oy, 2 * j)
+                for j in range(n8, n1):
                     _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
             else:
                 v0 = projected[X]
@@ -716,6 +949,7 @@ def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
 def _position_curvature(wave_k, dx, dy, nb, out):
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
+    n8 = n1 - n1 % 8
     tiny = np.float32(1e-30)
     for b in prange(nb):
         cx = 0.0
@@ -726,7 +960,10 @@ def _position_curvature(wave_k, dx, dy, nb, out):
             c = dy[b, i]
             rx = np.float32(0.0)
             ry = np.float32(0.0)
-            for j in range(n1):
+            ux, uy = position_curvature_blocks(w, 0, a, 0, c, 0, n8 // 8)     # eight pixels at a time
+            rx += ux
+            ry += uy
+            for j in range(n8, n1):
                 wr = w[2 * j]
                 wi = w[2 * j + 1]
                 m2 = wr * wr + wi * wi
