@@ -2,8 +2,9 @@
 # Builds .whl/, the wheelhouse benchmarks/gpu_workflow_check.sh installs on a CUDA machine without
 # network: Snakemake and what the workflow needs up to reconstruct_gpu that such a machine (Python
 # 3.12, x86-64, with numpy, scipy, numba, h5py, scikit-image, scikit-learn, matplotlib, pyyaml,
-# pydantic's typing-extensions, colorama and CuPy already installed) lacks. One version of each,
-# 40 wheels, about 25 MiB. Run from the repository root on a machine with network; .whl/ is ignored
+# pydantic's typing-extensions, colorama and CuPy already installed) lacks, and pyFFTW (the CPU
+# engine's FFT library and fused kernels, for the CPU side of bench_gpu.py and bench_ptycho.py
+# there). One version of each, 41 wheels, about 26 MiB. Run from the repository root on a machine with network; .whl/ is ignored
 # by git (add "/.whl/" to .git/info/exclude) and travels with the device call (carry: .whl).
 set -euo pipefail
 py=${PYTHON:-python3}
@@ -22,7 +23,7 @@ get snakemake==9.27.1 snakemake-interface-common==1.23.0 snakemake-interface-exe
     pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 \
     smart-open==7.7.1 smmap==5.0.3 sqlalchemy==2.0.58 sqlmodel==0.0.37 tenacity==9.2.1 throttler==1.2.3 \
     traitlets==5.15.0 yte==1.9.4 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
-    referencing==0.37.0 rpds-py==0.30.0 bayesian-optimization==3.4.0
+    referencing==0.37.0 rpds-py==0.30.0 bayesian-optimization==3.4.0 pyfftw==0.15.1
 # connection_pool (needed by snakemake) is published only as a source package: build its
 # pure-python wheel here
 $py -m pip wheel -q --no-deps -w .whl connection_pool==0.0.3
