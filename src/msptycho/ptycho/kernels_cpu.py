@@ -110,13 +110,22 @@ def _flat(a: np.ndarray) -> np.ndarray:
 # within 128-bit halves (``movsldup``/``movshdup``/``shufps`` and ``fmaddsub`` on x86, the same
 # generic IR on other targets):
 #
-# * :func:`cmul4`: four complex products ``a * b``;
+# * :func:`cmul4`: four complex products ``a * b``; :func:`cmul4s`: four times one complex scalar;
 # * :func:`back_slice8`: eight pixels of the transmission's adjoint and the potential gradient
-#   (:func:`back_slice`).
+#   (:func:`back_slice`);
+# * :func:`residual_blocks`, :func:`position_gradient_blocks`, :func:`position_curvature_blocks`:
+#   a row of blocks of eight pixels of the amplitude residual, the position gradient and the
+#   position curvature, each returning its row sums (accumulated in registers, one horizontal sum
+#   per row: a horizontal sum per block made them slower than LLVM's own loops);
+# * :func:`probe_gradient4`: four pixels of the probe gradient; :func:`exit_times_ig8`: eight
+#   pixels of the exit wave's shift derivatives.
+#
+# The per-position kernels built on them run 1.2-4.5x faster than LLVM's own vectorisation (per
+# 128^2 window, hot: incident wave 21.6 -> 5.4 us, amplitude residual 47 -> 10.3 us).
 #
 # They take arrays and a *float index* into their flat float32 view and do **no bounds checks**:
-# the caller guarantees that the 8 (or 16) floats read and written lie inside the arrays (loops
-# run over whole blocks and finish with a scalar tail). Arrays must be C-contiguous float32 along
+# the caller guarantees that the floats read and written lie inside the arrays (loops run over
+# whole blocks and finish with a scalar tail). Arrays must be C-contiguous float32 along
 # the indexed axis (1-D rows of the kernels' float32 views). Loads and stores are unaligned.
 
 _F8 = ir.VectorType(ir.FloatType(), 8)
