@@ -118,6 +118,12 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
             self.count += 2 * nb
             super().propagate_back(plans, g_real, g, hc, nb)
 
+        def gradient_tail(self, plans, g_real, g, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature=None):
+            done = super().gradient_tail(plans, g_real, g, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature)
+            if done:
+                self.count += len(gpos) * (1 if curvature is None else 3)
+            return done
+
     c = CASES[name]
     it = iterations or c["iterations"]
     cal = Calibration(energy_eV=E_EV, semiangle_mrad=SEMI_MRAD, scan_step_A=STEP_A, mrad_per_pixel=MPP)

@@ -262,14 +262,22 @@ class MultisliceEngine:
                     be.ifft2(g, out=g_real)
             if not (need_probe or need_pos):
                 continue
-            be.fft2(g_real, out=g)
-            if need_pos:
-                K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, m, self.gpos[c0:c0 + m])
+            curvature = update_positions and gradients is None
+            # each window's FFT, position gradient and curvature while in cache (CPU with FFTW) ...
+            fused = self.window_plans is not None and be.gradient_tail(
+                self.window_plans, g_real, g, need_pos, self.Pk, self.rampx, self.rampy, self.kx, self.ky,
+                self.gpos[c0:c0 + m], (self.exit_waves[nz - 1, :m], self.vproj, corners, self.sigma, self.dX[:m],
+                                       self.dY[:m], self.wave_k[:m], self.pcurv[c0:c0 + m]) if curvature else None)
+            if not fused:
+                be.fft2(g_real, out=g)
+                if need_pos:
+                    K.position_gradient(g, self.Pk, self.rampx, self.rampy, self.kx, self.ky, m,
+                                        self.gpos[c0:c0 + m])
             if need_probe:
                 K.probe_gradient(g, self.rampx, self.rampy, m, self.gPk if first else self.gPk_chunk)
                 if not first:
                     self.gPk += self.gPk_chunk
-            if update_positions and gradients is None:
+            if curvature and not fused:     # ... or kernel by kernel
                 # the exit wave's shift derivatives (at the state the gradients were taken at)
                 # (in real space in the free g and g_real, then out of place into dX and dY)
                 K.exit_shift_derivative(self.exit_waves[nz - 1, :m], self.vproj, corners, m, self.sigma, g, g_real)

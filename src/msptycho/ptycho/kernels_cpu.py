@@ -617,6 +617,23 @@ def _propagate_back(fn, plan_f, plan_b, g_real, g, hc, nb, win):
         _propagate(fn, plan_f, plan_b, g_real, b * win, g, b * win, hc, g_real, b * win, win)
 
 
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _gradient_tail(fn, plan_f, g_real, g, g3, nb, win, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature,
+                   exit_wave, projected, corners, hs, g_real3, dx, dy, dx3, dy3, wave_k, pcurv):
+    for b in prange(nb):
+        gb = b * win
+        fftw_execute(fn, plan_f, g_real, gb, g, gb)        # the incident wave's gradient, Fourier space
+        if positions:
+            _position_gradient_window(g3, probe_k, rampx, rampy, kx, ky, b, gpos)
+        if curvature:
+            # the exit wave's shift derivatives (x into the free g_real[b], y into dy[b]), their FFTs
+            # (into dx[b] and g_real[b]) and the curvature, all while the window is in cache
+            _exit_shift_window(exit_wave, projected, corners, b, hs, g_real3, dy3)
+            fftw_execute(fn, plan_f, g_real, gb, dx, gb)
+            fftw_execute(fn, plan_f, dy, gb, g_real, gb)
+            _position_curvature_window(wave_k, dx3, g_real3, b, pcurv)
+
+
 @njit(fastmath=FAST, error_model="numpy", inline="always")
 def _residual_window(w, o, amp, poisson, sc):
     """One window of :func:`residual`: the flat float32 ``w`` at offset ``o`` against the
@@ -863,33 +880,39 @@ def probe_gradient(g_k, rampx, rampy, nb, out):
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
+    for b in prange(nb):
+        _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out)
+
+
+@njit(fastmath=FAST, inline="always")
+def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
+    """Window ``b`` of :func:`position_gradient` into ``out[b]``."""
     n0 = g_k.shape[1]
     n1 = g_k.shape[2] // 2
     n8 = n1 - n1 % 8
-    for b in prange(nb):
-        sx = 0.0
-        sy = 0.0
-        ry = rampy[b]
-        for i in range(n0):
-            ar = rampx[b, 2 * i]
-            ai = rampx[b, 2 * i + 1]
-            p = probe_k[i]
-            gb = g_k[b, i]
-            rowx = np.float32(0.0)
-            dx, dy = position_gradient_blocks(gb, 0, p, 0, ry, 0, ar, ai, ky, 0, n8 // 8)   # 8 pixels at a time
-            rowx += dx
-            sy += dy
-            for j in range(n8, n1):
-                pr = p[2 * j] * ar - p[2 * j + 1] * ai
-                pi = p[2 * j] * ai + p[2 * j + 1] * ar
-                qr = pr * ry[2 * j] - pi * ry[2 * j + 1]
-                qi = pr * ry[2 * j + 1] + pi * ry[2 * j]
-                im = gb[2 * j] * qi - gb[2 * j + 1] * qr
-                rowx += im
-                sy += ky[j] * im
-            sx += kx[i] * rowx
-        out[b, 0] = 2.0 * np.pi * sx
-        out[b, 1] = 2.0 * np.pi * sy
+    sx = 0.0
+    sy = 0.0
+    ry = rampy[b]
+    for i in range(n0):
+        ar = rampx[b, 2 * i]
+        ai = rampx[b, 2 * i + 1]
+        p = probe_k[i]
+        gb = g_k[b, i]
+        rowx = np.float32(0.0)
+        dx, dy = position_gradient_blocks(gb, 0, p, 0, ry, 0, ar, ai, ky, 0, n8 // 8)   # 8 pixels at a time
+        rowx += dx
+        sy += dy
+        for j in range(n8, n1):
+            pr = p[2 * j] * ar - p[2 * j + 1] * ai
+            pi = p[2 * j] * ai + p[2 * j + 1] * ar
+            qr = pr * ry[2 * j] - pi * ry[2 * j + 1]
+            qi = pr * ry[2 * j + 1] + pi * ry[2 * j]
+            im = gb[2 * j] * qi - gb[2 * j + 1] * qr
+            rowx += im
+            sy += ky[j] * im
+        sx += kx[i] * rowx
+    out[b, 0] = 2.0 * np.pi * sx
+    out[b, 1] = 2.0 * np.pi * sy
 
 
 def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
@@ -915,36 +938,42 @@ def _write_exit_times_ig(p, j, gx, gy, ox, oy):
 
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
+    hs = np.float32(0.5 * sigma)
+    for b in prange(nb):
+        _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy)
+
+
+@njit(fastmath=FAST, inline="always")
+def _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy):
+    """Window ``b`` of :func:`exit_shift_derivative` (``hs = sigma / 2``, float32)."""
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
     n8 = n1 - n1 % 8
     nx, ny = projected.shape
-    hs = np.float32(0.5 * sigma)
-    for b in prange(nb):
-        x0 = corners[b, 0]
-        y0 = corners[b, 1]
-        # the usual case (the engine keeps windows off the object's edge): contiguous neighbours
-        inside = x0 >= 1 and y0 >= 1 and x0 + n0 + 1 <= nx and y0 + n1 + 1 <= ny
-        for i in range(n0):
-            X = x0 + i
-            p = exit_wave[b, i]
-            ox = dx[b, i]
-            oy = dy[b, i]
-            vm = projected[max(X - 1, 0), y0:y0 + n1]
-            vp = projected[min(X + 1, nx - 1), y0:y0 + n1]
-            if inside:
-                vl = projected[X, y0 - 1:y0 + n1 - 1]
-                vr = projected[X, y0 + 1:y0 + n1 + 1]
-                for j in range(0, n8, 8):   # eight pixels at a time
-                    exit_times_ig8(p, 2 * j, vm, vp, vl, vr, j, hs, ox, oy, 2 * j)
-                for j in range(n8, n1):
-                    _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
-            else:
-                v0 = projected[X]
-                for j in range(n1):
-                    Y = y0 + j
-                    _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]),
-                                         hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)]), ox, oy)
+    x0 = corners[b, 0]
+    y0 = corners[b, 1]
+    # the usual case (the engine keeps windows off the object's edge): contiguous neighbours
+    inside = x0 >= 1 and y0 >= 1 and x0 + n0 + 1 <= nx and y0 + n1 + 1 <= ny
+    for i in range(n0):
+        X = x0 + i
+        p = exit_wave[b, i]
+        ox = dx[b, i]
+        oy = dy[b, i]
+        vm = projected[max(X - 1, 0), y0:y0 + n1]
+        vp = projected[min(X + 1, nx - 1), y0:y0 + n1]
+        if inside:
+            vl = projected[X, y0 - 1:y0 + n1 - 1]
+            vr = projected[X, y0 + 1:y0 + n1 + 1]
+            for j in range(0, n8, 8):   # eight pixels at a time
+                exit_times_ig8(p, 2 * j, vm, vp, vl, vr, j, hs, ox, oy, 2 * j)
+            for j in range(n8, n1):
+                _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]), hs * (vr[j] - vl[j]), ox, oy)
+        else:
+            v0 = projected[X]
+            for j in range(n1):
+                Y = y0 + j
+                _write_exit_times_ig(p, j, hs * (vp[j] - vm[j]),
+                                     hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)]), ox, oy)
 
 
 def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
@@ -956,36 +985,42 @@ def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
 
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _position_curvature(wave_k, dx, dy, nb, out):
+    for b in prange(nb):
+        _position_curvature_window(wave_k, dx, dy, b, out)
+
+
+@njit(fastmath=FAST, error_model="numpy", inline="always")
+def _position_curvature_window(wave_k, dx, dy, b, out):
+    """Window ``b`` of :func:`position_curvature` into ``out[b]``."""
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
     n8 = n1 - n1 % 8
     tiny = np.float32(1e-30)
-    for b in prange(nb):
-        cx = 0.0
-        cy = 0.0
-        for i in range(n0):
-            w = wave_k[b, i]
-            a = dx[b, i]
-            c = dy[b, i]
-            rx = np.float32(0.0)
-            ry = np.float32(0.0)
-            ux, uy = position_curvature_blocks(w, 0, a, 0, c, 0, n8 // 8)     # eight pixels at a time
-            rx += ux
-            ry += uy
-            for j in range(n8, n1):
-                wr = w[2 * j]
-                wi = w[2 * j + 1]
-                m2 = wr * wr + wi * wi
-                inv = np.float32(1.0) / max(m2, tiny)     # zero where the wave is zero
-                inv = inv if m2 > 0 else np.float32(0.0)
-                ux = wr * a[2 * j] + wi * a[2 * j + 1]
-                uy = wr * c[2 * j] + wi * c[2 * j + 1]
-                rx += ux * ux * inv
-                ry += uy * uy * inv
-            cx += rx
-            cy += ry
-        out[b, 0] = 2.0 * cx
-        out[b, 1] = 2.0 * cy
+    cx = 0.0
+    cy = 0.0
+    for i in range(n0):
+        w = wave_k[b, i]
+        a = dx[b, i]
+        c = dy[b, i]
+        rx = np.float32(0.0)
+        ry = np.float32(0.0)
+        ux, uy = position_curvature_blocks(w, 0, a, 0, c, 0, n8 // 8)     # eight pixels at a time
+        rx += ux
+        ry += uy
+        for j in range(n8, n1):
+            wr = w[2 * j]
+            wi = w[2 * j + 1]
+            m2 = wr * wr + wi * wi
+            inv = np.float32(1.0) / max(m2, tiny)     # zero where the wave is zero
+            inv = inv if m2 > 0 else np.float32(0.0)
+            ux = wr * a[2 * j] + wi * a[2 * j + 1]
+            uy = wr * c[2 * j] + wi * c[2 * j + 1]
+            rx += ux * ux * inv
+            ry += uy * uy * inv
+        cx += rx
+        cy += ry
+    out[b, 0] = 2.0 * cx
+    out[b, 1] = 2.0 * cy
 
 
 def position_curvature(wave_k, dx, dy, nb, out):
@@ -1265,6 +1300,35 @@ class CPUBackend:
         _forward_pass(plans.execute, plans.forward, plans.inverse, _f(probe_k), _f(rampx), _f(rampy), incident_scale,
                       _flat(waves), _flat(g), _f(trans), corners, _flat(h), nb, nz, C, residual is not None, amps,
                       index, poisson, rscale, err, loss, _flat(g_real), keep, _flat(wave_k if keep else g))
+
+    @staticmethod
+    def gradient_tail(plans, g_real, g, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature=None) -> bool:
+        """The engine's per-window work after the backward pass, fused (windows in parallel, each
+        in cache): ``g[b] = FFT(g_real[b])`` (the incident wave's gradient in Fourier space) and,
+        if ``positions``, :func:`position_gradient` into ``gpos[b]``, for ``b < len(gpos)``.
+
+        ``curvature``, optional: ``(exit_wave, projected, corners, sigma, dx, dy, wave_k, pcurv)``
+        goes on to :func:`exit_shift_derivative` of ``exit_wave[b]``, the FFTs of the two
+        derivatives and :func:`position_curvature` with ``wave_k[b]`` into ``pcurv[b]``; ``g_real``,
+        ``dx`` and ``dy`` are then scratch (``dx[b]`` and ``g_real[b]`` end up holding the
+        derivatives' FFTs). Same results as the separate kernels and batched FFTs. Returns False,
+        doing nothing, where the plans do not apply to these arrays."""
+        nb = len(gpos)
+        if curvature is None:       # placeholders of the right types, not touched
+            exit_wave, projected, corners, sigma, dx, dy, wave_k = g, np.zeros((1, 1), np.float32), \
+                np.zeros((1, 2), np.int64), 0.0, g, g, g
+            pcurv = np.zeros((1, 2))
+        else:
+            exit_wave, projected, corners, sigma, dx, dy, wave_k, pcurv = curvature
+        if not (plans.applies(g_real, g) and (curvature is None or (plans.applies(dx, dy)
+                                                                   and plans.applies(g_real, dx)))):
+            return False
+        n0, n1 = g.shape[1:]
+        _gradient_tail(plans.execute, plans.forward, _flat(g_real), _flat(g), _f(g), nb, n0 * n1 * 2, positions,
+                       _f(probe_k), _f(rampx), _f(rampy), kx, ky, gpos, curvature is not None, _f(exit_wave),
+                       projected, corners, np.float32(0.5 * sigma), _f(g_real), _flat(dx), _flat(dy), _f(dx), _f(dy),
+                       _f(wave_k), pcurv)
+        return True
 
     @staticmethod
     def propagate_back(plans, g_real, g, hc, nb) -> None:
