@@ -174,6 +174,44 @@ def _cmul(builder, va, vb, conj_b):
         builder.shuffle_vector(sub, add, _EVEN_ODD_BLEND)
 
 
+_I32 = ir.IntType(32)
+_F4 = ir.VectorType(ir.FloatType(), 4)
+_PAIRS_LO = _mask(0, 0, 1, 1, 2, 2, 3, 3)      # pixels 0-3 of a natural-order vector, each twice
+_PAIRS_HI = _mask(4, 4, 5, 5, 6, 6, 7, 7)
+
+
+def _splat(builder, re, im=None):
+    """<8 x float> of ``re`` in every lane, or of the complex ``(re, im)`` in every pair."""
+    und = ir.Constant(_F8, ir.Undefined)
+    v = builder.insert_element(und, re, ir.Constant(_I32, 0))
+    if im is None:
+        return builder.shuffle_vector(v, und, _mask(*([0] * 8)))
+    v = builder.insert_element(v, im, ir.Constant(_I32, 1))
+    return builder.shuffle_vector(v, und, _mask(0, 1, 0, 1, 0, 1, 0, 1))
+
+
+def _hsum(builder, v):
+    """Sum of the 8 lanes of ``v`` (a float): halves, then quarters, then the last two."""
+    und, und4 = ir.Constant(_F8, ir.Undefined), ir.Constant(_F4, ir.Undefined)
+    s = builder.fadd(builder.shuffle_vector(v, und, _mask(0, 1, 2, 3)),
+                     builder.shuffle_vector(v, und, _mask(4, 5, 6, 7)), flags=_FAST)
+    s = builder.fadd(builder.shuffle_vector(s, und4, _mask(0, 1)), builder.shuffle_vector(s, und4, _mask(2, 3)),
+                     flags=_FAST)
+    return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)),
+                        builder.extract_element(s, ir.Constant(_I32, 1)), flags=_FAST)
+
+
+def _pair_sums(builder, u0, u1):
+    """``re + im`` of each of the 8 complex numbers held in ``u0, u1`` (<8 x float> each), in
+    pixel order."""
+    return builder.fadd(builder.shuffle_vector(u0, u1, _EVENS), builder.shuffle_vector(u0, u1, _ODDS), flags=_FAST)
+
+
+def _loads(context, builder, arrty, arr, idx, count=2):
+    """``count`` consecutive <8 x float> from float ``idx`` of the 1-D array ``arr``."""
+    return [builder.load(_ptr(context, builder, arrty, arr, idx, 8 * k), align=4) for k in range(count)]
+
+
 @intrinsic
 def cmul4(typingctx, out, io, a, ia, b, ib):
     """``out[io:io+8] = a[ia:ia+8] * b[ib:ib+8]``: four interleaved complex products (``out``
@@ -216,8 +254,7 @@ def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
         q = [builder.fmul(pv[k], pv[k], flags=_FAST) for k in (0, 1)]
         il = builder.fadd(builder.shuffle_vector(q[0], q[1], _EVENS), builder.shuffle_vector(q[0], q[1], _ODDS),
                           flags=_FAST)
-        sgv = builder.insert_element(und, sg, ir.Constant(ir.IntType(32), 0))
-        sgv = builder.shuffle_vector(sgv, und, _mask(*([0] * 8)))
+        sgv = _splat(builder, sg)
         grp = _ptr(context, builder, ty[6], gr_, igr_)
         ilp = _ptr(context, builder, ty[8], il_, iil_)
         builder.store(builder.fadd(builder.load(grp, align=4), builder.fmul(sgv, im, flags=_FAST), flags=_FAST),
@@ -227,44 +264,6 @@ def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
             builder.store(_cmul(builder, gv[k], tv[k], True), gptr[k], align=4)
         return context.get_dummy_value()
     return sig, codegen
-
-
-_I32 = ir.IntType(32)
-_F4 = ir.VectorType(ir.FloatType(), 4)
-_PAIRS_LO = _mask(0, 0, 1, 1, 2, 2, 3, 3)      # pixels 0-3 of a natural-order vector, each twice
-_PAIRS_HI = _mask(4, 4, 5, 5, 6, 6, 7, 7)
-
-
-def _splat(builder, re, im=None):
-    """<8 x float> of ``re`` in every lane, or of the complex ``(re, im)`` in every pair."""
-    und = ir.Constant(_F8, ir.Undefined)
-    v = builder.insert_element(und, re, ir.Constant(_I32, 0))
-    if im is None:
-        return builder.shuffle_vector(v, und, _mask(*([0] * 8)))
-    v = builder.insert_element(v, im, ir.Constant(_I32, 1))
-    return builder.shuffle_vector(v, und, _mask(0, 1, 0, 1, 0, 1, 0, 1))
-
-
-def _hsum(builder, v):
-    """Sum of the 8 lanes of ``v`` (a float): halves, then quarters, then the last two."""
-    und, und4 = ir.Constant(_F8, ir.Undefined), ir.Constant(_F4, ir.Undefined)
-    s = builder.fadd(builder.shuffle_vector(v, und, _mask(0, 1, 2, 3)),
-                     builder.shuffle_vector(v, und, _mask(4, 5, 6, 7)), flags=_FAST)
-    s = builder.fadd(builder.shuffle_vector(s, und4, _mask(0, 1)), builder.shuffle_vector(s, und4, _mask(2, 3)),
-                     flags=_FAST)
-    return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)),
-                        builder.extract_element(s, ir.Constant(_I32, 1)), flags=_FAST)
-
-
-def _pair_sums(builder, u0, u1):
-    """``re + im`` of each of the 8 complex numbers held in ``u0, u1`` (<8 x float> each), in
-    pixel order."""
-    return builder.fadd(builder.shuffle_vector(u0, u1, _EVENS), builder.shuffle_vector(u0, u1, _ODDS), flags=_FAST)
-
-
-def _loads(context, builder, arrty, arr, idx, count=2):
-    """``count`` consecutive <8 x float> from float ``idx`` of the 1-D array ``arr``."""
-    return [builder.load(_ptr(context, builder, arrty, arr, idx, 8 * k), align=4) for k in range(count)]
 
 
 @intrinsic
@@ -878,12 +877,6 @@ def probe_gradient(g_k, rampx, rampy, nb, out):
     _probe_gradient(_f(g_k), _f(rampx), _f(rampy), nb, _f(out))
 
 
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
-    for b in prange(nb):
-        _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out)
-
-
 @njit(fastmath=FAST, inline="always")
 def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
     """Window ``b`` of :func:`position_gradient` into ``out[b]``."""
@@ -915,6 +908,12 @@ def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
     out[b, 1] = 2.0 * np.pi * sy
 
 
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
+    for b in prange(nb):
+        _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out)
+
+
 def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
     """Gradient of the loss with respect to each position's sub-pixel shift (per pixel).
 
@@ -934,13 +933,6 @@ def _write_exit_times_ig(p, j, gx, gy, ox, oy):
     ox[2 * j + 1] = er * gx
     oy[2 * j] = -ei * gy
     oy[2 * j + 1] = er * gy
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
-    hs = np.float32(0.5 * sigma)
-    for b in prange(nb):
-        _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy)
 
 
 @njit(fastmath=FAST, inline="always")
@@ -976,17 +968,18 @@ def _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy):
                                      hs * (v0[min(Y + 1, ny - 1)] - v0[max(Y - 1, 0)]), ox, oy)
 
 
+@njit(parallel=True, cache=True, fastmath=FAST)
+def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
+    hs = np.float32(0.5 * sigma)
+    for b in prange(nb):
+        _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy)
+
+
 def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     """Approximate derivative of the exit wave with respect to a shift of the object under the
     probe (projection approximation): ``exit * i sigma dVproj/dx`` (per pixel), for the
     Gauss-Newton curvature of the position update."""
     _exit_shift_derivative(_f(exit_wave), projected, corners, nb, sigma, _f(dx), _f(dy))
-
-
-@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
-def _position_curvature(wave_k, dx, dy, nb, out):
-    for b in prange(nb):
-        _position_curvature_window(wave_k, dx, dy, b, out)
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always")
@@ -1021,6 +1014,12 @@ def _position_curvature_window(wave_k, dx, dy, b, out):
         cy += ry
     out[b, 0] = 2.0 * cx
     out[b, 1] = 2.0 * cy
+
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _position_curvature(wave_k, dx, dy, nb, out):
+    for b in prange(nb):
+        _position_curvature_window(wave_k, dx, dy, b, out)
 
 
 def position_curvature(wave_k, dx, dy, nb, out):
