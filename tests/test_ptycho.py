@@ -563,8 +563,8 @@ def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
 
 @pytest.mark.parametrize("n", [16, 18, 13])
 def test_simd_per_position_kernels_match_numpy(n):
-    """The per-position kernels vectorised by hand (incident wave, amplitude residual, probe and
-    position gradients, the exit wave's shift derivatives and the position curvature: eight
+    """The per-position kernels vectorised by hand (incident wave, amplitude and Poisson residuals
+    (with an eight-lane logarithm), probe and position gradients, the exit wave's shift derivatives and the position curvature: eight
     pixels at a time, then a scalar tail) agree with numpy in float64 to float32 rounding, for
     rows of whole blocks (16) and rows with a tail (18, 13); windows at the object's edge take the
     scalar path of the shift derivative, and pixels where the wave is zero add no curvature."""
@@ -595,6 +595,19 @@ def test_simd_per_position_kernels_match_numpy(n):
     close(res, 2 / n * (psi - amps * psi / np.abs(psi)))
     np.testing.assert_allclose(err, ((np.abs(psi) - amps) ** 2).sum(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_array_equal(loss, err)
+    # Poisson residuals (exact and preconditioned), the detector wave over 12 orders of magnitude
+    # in intensity so that the loss's logarithm is tested across many exponents
+    wave_k = (g * np.float32(n) * np.logspace(-5, 1, n * n).reshape(n, n).astype(np.float32)).astype(np.complex64)
+    psi = wave_k.astype(complex) / n
+    m2 = np.abs(psi) ** 2
+    a2 = amps.astype(float) ** 2
+    want_loss = (m2 - a2 * np.log(m2 + 1e-12)).sum(axis=(1, 2))
+    for mode, factor in ((1, 1 - a2 / (m2 + 1e-12)), (2, (m2 - a2) / (m2 + a2 + 1e-12))):
+        res = wave_k.copy()
+        kc.residual(res, amps, np.arange(nb), mode, 1.0 / n, err, loss)
+        close(res, 2 / n * psi * factor, 1e-5)
+        np.testing.assert_allclose(err, ((np.sqrt(m2) - amps) ** 2).sum(axis=(1, 2)), rtol=1e-5)
+        np.testing.assert_allclose(loss, want_loss, rtol=2e-6, atol=1e-6 * np.abs(a2 * np.log(m2 + 1e-12)).sum())
     # probe and position gradients
     gp = np.zeros((n, n), np.complex64)
     kc.probe_gradient(g, rampx, rampy, nb, gp)
@@ -629,6 +642,29 @@ def test_simd_per_position_kernels_match_numpy(n):
     inv = np.divide(1.0, m2, out=np.zeros_like(m2), where=m2 > 0)
     want = 2 * np.stack([((np.real(np.conj(w) * d) ** 2) * inv).sum(axis=(1, 2)) for d in (dx, dy)], 1)
     np.testing.assert_allclose(curv, want, rtol=1e-5)
+
+
+def test_eight_lane_logarithm_is_within_one_ulp():
+    """The Poisson loss's eight-lane logarithm (Cephes' ``logf`` in LLVM vector IR) is within one
+    float32 ulp of the float64 logarithm over the positive normal numbers, near 1 included, and
+    passes infinity and NaN through."""
+    from numba import njit
+    from msptycho.ptycho import kernels_cpu as kc
+
+    @njit
+    def log_all(x, out):
+        for i in range(0, x.size, 8):
+            kc.log8(x, i, out, i)
+
+    x = np.concatenate([np.logspace(-37.9, 38.4, 40000), np.linspace(0.5, 2.0, 40000),
+                        [np.inf, np.nan, 1.0, 2.0 ** -126, 0.5, 0.70710677, 0.70710683, 3.4e38]]).astype(np.float32)
+    out = np.empty_like(x)
+    log_all(x, out)
+    want = np.log(x[:-8].astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert (np.abs(out[:-8] - want) / ulp).max() <= 1.0
+    assert out[-8] == np.inf and np.isnan(out[-7]) and out[-6] == 0.0
+    np.testing.assert_allclose(out[-5:], np.log(x[-5:].astype(np.float64)), rtol=1e-7)
 
 
 def test_fused_window_kernels_give_the_batched_result():
