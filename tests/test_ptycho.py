@@ -672,7 +672,7 @@ def test_fused_window_kernels_give_the_batched_result():
     FFTW called from Numba) compute the batched sequence: the forward pass's incident and exit
     waves, detector wave, residual and its inverse FFT, the backward propagation and out-of-place
     fft2/ifft2 agree to float32 rounding, leave windows beyond ``nb`` alone, and engine batches
-    with them give the same bits as without."""
+    with them agree with batches without them."""
     pytest.importorskip("pyfftw")
     from msptycho.ptycho import kernels_cpu as kc
     be = kc.CPUBackend(workers=2, fft_planning="estimate")
@@ -724,7 +724,9 @@ def test_fused_window_kernels_give_the_batched_result():
                                atol=2e-6 * np.abs(out).max())
     # two whole engine batches with probe and position updates, fused (forward pass, backward
     # propagation, and the per-window tail: FFT, position gradient, shift derivatives and
-    # curvature) and batched: the same bits
+    # curvature) and batched. They give the same bits where FFTW picks the same algorithm for the
+    # single-window and the batched plans; it need not (wisdom measured earlier in the process,
+    # other SIMD), so float32 rounding is allowed.
     results = []
     for fused in (True, False):
         eng, _, _ = make_engine(nz=3, backend=kc.CPUBackend(workers=2, fft_planning="estimate", fused_kernels=fused))
@@ -733,7 +735,8 @@ def test_fused_window_kernels_give_the_batched_result():
             eng.batch(np.arange(eng.N), update_probe=True, update_positions=True)
         results.append((eng.V.copy(), eng.Pk.copy(), eng.pos.copy(), eng.pcurv.copy()))
     for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert not np.array_equal(results[0][2], make_engine(nz=3)[0].pos)      # the positions moved
 
 
 def test_vectorised_kernels_refuse_windows_outside_the_object():
