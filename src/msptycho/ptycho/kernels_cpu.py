@@ -1431,6 +1431,8 @@ class CPUBackend:
         if not (plans.applies(g_real, g) and (curvature is None or (plans.applies(dx, dy)
                                                                    and plans.applies(g_real, dx)))):
             return False
+        if nb > min(len(g), len(exit_wave), len(wave_k), len(pcurv) if curvature is not None else nb):
+            raise ValueError(f"gradient_tail: {nb} positions but fewer windows or outputs")
         n0, n1 = g.shape[1:]
         _gradient_tail(plans.execute, plans.forward, _flat(g_real), _flat(g), _f(g), nb, n0 * n1 * 2, positions,
                        _f(probe_k), _f(rampx), _f(rampy), kx, ky, gpos, curvature is not None, _f(exit_wave),
