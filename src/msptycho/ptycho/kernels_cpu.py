@@ -193,6 +193,11 @@ def _splat(builder, re, im=None):
     return builder.shuffle_vector(v, und, _mask(0, 1, 0, 1, 0, 1, 0, 1))
 
 
+def _const8(x):
+    """<8 x float> constant ``x`` in every lane."""
+    return ir.Constant(_F8, [ir.Constant(ir.FloatType(), float(x))] * 8)
+
+
 def _hsum(builder, v):
     """Sum of the 8 lanes of ``v`` (a float): halves, then quarters, then the last two."""
     und, und4 = ir.Constant(_F8, ir.Undefined), ir.Constant(_F4, ir.Undefined)
@@ -303,6 +308,25 @@ def _at(builder, base, k, stride):
     return builder.add(base, builder.mul(k, ir.Constant(k.type, stride)))
 
 
+def _detector_block(context, builder, ty, w_, iw, a_, ia, sc, factor):
+    """One block of eight pixels of a detector residual: with ``Psi = sc * w[iw:iw+16]``
+    (interleaved complex; ``ty`` the arrays' types, ``ty[0]`` and ``ty[2]``) and
+    ``a = amp[ia:ia+8]``, writes ``Psi * factor(|Psi|^2, |Psi|, a)`` (a real factor per pixel)
+    over ``w``; returns ``(|Psi| - a)^2``, ``|Psi|^2`` and ``a`` (<8 x float>, pixel order)."""
+    und = ir.Constant(_F8, ir.Undefined)
+    sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8]), "llvm.sqrt.v8f32")
+    v = [builder.fmul(x, sc, flags=_FAST) for x in _loads(context, builder, ty[0], w_, iw)]
+    m2 = _pair_sums(builder, *[builder.fmul(x, x, flags=_FAST) for x in v])
+    m = builder.call(sqrt, [m2])
+    a = builder.load(_ptr(context, builder, ty[2], a_, ia), align=4)
+    d = builder.fsub(m, a, flags=_FAST)
+    f = factor(m2, m, a)
+    for j, pairs in ((0, _PAIRS_LO), (1, _PAIRS_HI)):
+        builder.store(builder.fmul(v[j], builder.shuffle_vector(f, und, pairs), flags=_FAST),
+                      _ptr(context, builder, ty[0], w_, iw, 8 * j), align=4)
+    return builder.fmul(d, d, flags=_FAST), m2, a
+
+
 @intrinsic
 def residual_blocks(typingctx, w, iw, amp, ia, nblocks, sc, two):
     """``nblocks`` blocks of eight pixels of the amplitude loss's detector residual
@@ -314,33 +338,19 @@ def residual_blocks(typingctx, w, iw, amp, ia, nblocks, sc, two):
 
     def codegen(context, builder, signature, args):
         w_, iw_, a_, ia_, nblocks_, sc_, two_ = args
-        ty = signature.args
-        und = ir.Constant(_F8, ir.Undefined)
-        s = _splat(builder, sc_)
-        twov = _splat(builder, two_)
-        one = _splat(builder, ir.Constant(ir.FloatType(), 1.0))
-        tiny = _splat(builder, ir.Constant(ir.FloatType(), 1e-30))
-        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8]), "llvm.sqrt.v8f32")
+        s, twov = _splat(builder, sc_), _splat(builder, two_)
+        one, tiny = _const8(1.0), _const8(1e-30)
+
+        def factor(m2, m, a):
+            mt = builder.select(builder.fcmp_ordered(">", m, tiny), m, tiny)
+            return builder.fmul(twov, builder.fsub(one, builder.fdiv(a, mt, flags=_FAST), flags=_FAST), flags=_FAST)
 
         def body(k):
-            iw = _at(builder, iw_, k, 16)
-            v = [builder.fmul(x, s, flags=_FAST) for x in _loads(context, builder, ty[0], w_, iw)]
-            m = builder.call(sqrt, [_pair_sums(builder, *[builder.fmul(x, x, flags=_FAST) for x in v])])
-            a = builder.load(_ptr(context, builder, ty[2], a_, _at(builder, ia_, k, 8)), align=4)
-            d = builder.fsub(m, a, flags=_FAST)
-            mt = builder.select(builder.fcmp_ordered(">", m, tiny), m, tiny)
-            f = builder.fmul(twov, builder.fsub(one, builder.fdiv(a, mt, flags=_FAST), flags=_FAST), flags=_FAST)
-            for j, pairs in ((0, _PAIRS_LO), (1, _PAIRS_HI)):
-                builder.store(builder.fmul(v[j], builder.shuffle_vector(f, und, pairs), flags=_FAST),
-                              _ptr(context, builder, ty[0], w_, iw, 8 * j), align=4)
-            return [builder.fmul(d, d, flags=_FAST)]
+            dd, _, _ = _detector_block(context, builder, signature.args, w_, _at(builder, iw_, k, 16), a_,
+                                       _at(builder, ia_, k, 8), s, factor)
+            return [dd]
         return _blocks(builder, nblocks_, body, 1)[0]
     return sig, codegen
-
-
-def _const8(x):
-    """<8 x float> constant ``x`` in every lane."""
-    return ir.Constant(_F8, [ir.Constant(ir.FloatType(), float(x))] * 8)
 
 
 #: Cephes' single-precision logarithm: the polynomial for log(1 + m) - m + m^2 / 2 over m^3,
@@ -406,35 +416,26 @@ def residual_poisson_blocks(typingctx, w, iw, amp, ia, nblocks, sc, two, mode):
                                            types.float32, types.intp)
 
     def codegen(context, builder, signature, args):
-        w_, iw_, a_, ia_, nblocks_, sc_, two_, exact_ = args
-        ty = signature.args
-        und = ir.Constant(_F8, ir.Undefined)
-        s = _splat(builder, sc_)
-        twov = _splat(builder, two_)
+        w_, iw_, a_, ia_, nblocks_, sc_, two_, mode_ = args
+        s, twov = _splat(builder, sc_), _splat(builder, two_)
         eps, one = _const8(1e-12), _const8(1.0)
-        is_exact = builder.icmp_signed("==", exact_, ir.Constant(exact_.type, 1))
-        sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8]), "llvm.sqrt.v8f32")
+        exact = builder.icmp_signed("==", mode_, ir.Constant(mode_.type, 1))
+
+        def factor(m2, m, a):
+            a2 = builder.fmul(a, a, flags=_FAST)
+            f_exact = builder.fsub(one, builder.fdiv(a2, builder.fadd(m2, eps, flags=_FAST), flags=_FAST),
+                                   flags=_FAST)
+            f_pre = builder.fdiv(builder.fsub(m2, a2, flags=_FAST),
+                                 builder.fadd(builder.fadd(m2, a2, flags=_FAST), eps, flags=_FAST), flags=_FAST)
+            return builder.fmul(twov, builder.select(exact, f_exact, f_pre), flags=_FAST)
 
         def body(k):
-            iw = _at(builder, iw_, k, 16)
-            v = [builder.fmul(x, s, flags=_FAST) for x in _loads(context, builder, ty[0], w_, iw)]
-            m2 = _pair_sums(builder, *[builder.fmul(x, x, flags=_FAST) for x in v])
-            m = builder.call(sqrt, [m2])
-            a = builder.load(_ptr(context, builder, ty[2], a_, _at(builder, ia_, k, 8)), align=4)
-            d = builder.fsub(m, a, flags=_FAST)
+            dd, m2, a = _detector_block(context, builder, signature.args, w_, _at(builder, iw_, k, 16), a_,
+                                        _at(builder, ia_, k, 8), s, factor)
             a2 = builder.fmul(a, a, flags=_FAST)
-            m2e = builder.fadd(m2, eps, flags=_FAST)
-            loss = builder.fsub(m2, builder.fmul(a2, _log8(builder, m2e), flags=_FAST), flags=_FAST)
-            f_exact = builder.fmul(twov, builder.fsub(one, builder.fdiv(a2, m2e, flags=_FAST), flags=_FAST),
-                                   flags=_FAST)
-            f_pre = builder.fmul(twov, builder.fdiv(builder.fsub(m2, a2, flags=_FAST),
-                                                    builder.fadd(builder.fadd(m2, a2, flags=_FAST), eps,
-                                                                 flags=_FAST), flags=_FAST), flags=_FAST)
-            f = builder.select(is_exact, f_exact, f_pre)
-            for j, pairs in ((0, _PAIRS_LO), (1, _PAIRS_HI)):
-                builder.store(builder.fmul(v[j], builder.shuffle_vector(f, und, pairs), flags=_FAST),
-                              _ptr(context, builder, ty[0], w_, iw, 8 * j), align=4)
-            return [builder.fmul(d, d, flags=_FAST), loss]
+            loss = builder.fsub(m2, builder.fmul(a2, _log8(builder, builder.fadd(m2, eps, flags=_FAST)),
+                                                 flags=_FAST), flags=_FAST)
+            return [dd, loss]
         return context.make_tuple(builder, signature.return_type, _blocks(builder, nblocks_, body, 2))
     return sig, codegen
 
@@ -501,9 +502,9 @@ def position_curvature_blocks(typingctx, w, iw, a, ia, c, ic, nblocks):
     def codegen(context, builder, signature, args):
         w_, iw_, a_, ia_, c_, ic_, nblocks_ = args
         ty = signature.args
-        zero = _splat(builder, ir.Constant(ir.FloatType(), 0.0))
-        one = _splat(builder, ir.Constant(ir.FloatType(), 1.0))
-        tiny = _splat(builder, ir.Constant(ir.FloatType(), 1e-30))
+        zero = _const8(0.0)
+        one = _const8(1.0)
+        tiny = _const8(1e-30)
 
         def body(k):
             vw = _loads(context, builder, ty[0], w_, _at(builder, iw_, k, 16))
