@@ -25,6 +25,11 @@ def smooth_random(shape, rng, sigma_px=1.5, amplitude=1.0):
     return amplitude * gaussian_filter(rng.random(shape), sigma_px, mode="wrap")
 
 
+def complex_normal(rng, *shape):
+    """complex64 array with standard normal real and imaginary parts (drawn in that order)."""
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
 def make_engine(nz=3, scan=(4, 4), step_A=1.5, loss="amplitude", rng_seed=0, obj_amp=600.0, backend=None):
     """Engine on a random object whose data come from another random object (non-zero residual)."""
     rng = np.random.default_rng(rng_seed)
@@ -508,7 +513,7 @@ def test_transmission_in_place_and_into_another_array_agree():
     holds exit waves); that kernel gives the same bits as the out-of-place one."""
     from msptycho.ptycho import kernels_cpu as kc
     rng = np.random.default_rng(8)
-    psi = (rng.standard_normal((3, 16, 12)) + 1j * rng.standard_normal((3, 16, 12))).astype(np.complex64)
+    psi = complex_normal(rng, 3, 16, 12)
     trans = np.exp(1j * rng.standard_normal((40, 30))).astype(np.complex64)
     corners = np.array([[0, 0], [5, 7], [24, 18]], dtype=np.int64)
     out = np.zeros_like(psi)
@@ -529,14 +534,11 @@ def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
     from msptycho.ptycho import kernels_cpu as kc
     rng = np.random.default_rng(9)
 
-    def cx(*shape):
-        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-
     nb, obj = 3, (40, 37)
     corners = np.array([[0, 0], [7, 5], [obj[0] - n, obj[1] - n]], dtype=np.int64)
     trans = np.exp(1j * rng.standard_normal(obj)).astype(np.complex64)
     win = [np.s_[x:x + n, y:y + n] for x, y in corners]
-    psi, h = cx(nb, n, n), cx(n, n)
+    psi, h = complex_normal(rng, nb, n, n), complex_normal(rng, n, n)
     a = psi.copy()
     kc.multiply(a, h)
     np.testing.assert_allclose(a, psi.astype(complex) * h, rtol=0, atol=3e-7 * np.abs(a).max())
@@ -544,7 +546,7 @@ def test_simd_kernels_match_numpy_in_blocks_and_tails(n):
     kc.transmit(a, trans, corners, a)
     want = np.stack([psi[b] * trans[win[b]].astype(complex) for b in range(nb)])
     np.testing.assert_allclose(a, want, rtol=0, atol=3e-7 * np.abs(want).max())
-    g, ex = cx(nb, n, n), cx(nb, n, n)
+    g, ex = complex_normal(rng, nb, n, n), complex_normal(rng, nb, n, n)
     grad, illum = np.zeros(obj, np.float32), np.zeros(obj, np.float32)
     lo, hi, mx = np.zeros(obj[0], np.int64), np.zeros(obj[0], np.int64), np.zeros(obj[0], np.float32)
     sigma = 0.0073
@@ -571,14 +573,11 @@ def test_simd_per_position_kernels_match_numpy(n):
     from msptycho.ptycho import kernels_cpu as kc
     rng = np.random.default_rng(11)
 
-    def cx(*shape):
-        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-
     def close(got, want, tol=2e-6):
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
     nb = 3
-    probe_k, g, wave = cx(n, n), cx(nb, n, n), cx(nb, n, n)
+    probe_k, g, wave = complex_normal(rng, n, n), complex_normal(rng, nb, n, n), complex_normal(rng, nb, n, n)
     rampx, rampy = np.zeros((nb, n), np.complex64), np.zeros((nb, n), np.complex64)
     kx, ky = fw.window_frequencies(n)
     kc.ramps(rng.uniform(-0.5, 0.5, (nb, 2)), kx, ky, rampx, rampy)
@@ -634,7 +633,7 @@ def test_simd_per_position_kernels_match_numpy(n):
     # Gauss-Newton curvature, with some pixels of zero wave (of a detector wave and derivatives
     # that are not in quadrature with it, unlike the exit wave's above)
     wave[:, ::5, ::3] = 0
-    dx, dy = cx(nb, n, n), cx(nb, n, n)
+    dx, dy = complex_normal(rng, nb, n, n), complex_normal(rng, nb, n, n)
     curv = np.zeros((nb, 2))
     kc.position_curvature(wave, dx, dy, nb, curv)
     w = wave.astype(complex)
@@ -684,8 +683,8 @@ def test_fused_window_kernels_give_the_batched_result():
     # windows whose byte size is not a multiple of the SIMD alignment keep the batched FFTs
     assert be.window_plans(be.zeros((2, 2, 30, 30)), be.zeros((2, 30, 30))) is None
     rng = np.random.default_rng(10)
-    psi = (rng.standard_normal((C, n, n)) + 1j * rng.standard_normal((C, n, n))).astype(np.complex64)
-    probe_k = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))).astype(np.complex64)
+    psi = complex_normal(rng, C, n, n)
+    probe_k = complex_normal(rng, n, n)
     rampx, rampy = np.zeros((C, n), np.complex64), np.zeros((C, n), np.complex64)
     kx, ky = fw.window_frequencies(n)
     kc.ramps(rng.uniform(-0.5, 0.5, (C, 2)), kx, ky, rampx, rampy)

@@ -1255,6 +1255,11 @@ def _pyfftw():
         return None
 
 
+#: :meth:`CPUBackend.gradient_tail`'s stand-ins for the curvature's projected potential,
+#: corners and output when it computes none (allocated once: nothing in the iteration loop is)
+_NO_CURVATURE = (np.zeros((1, 1), np.float32), np.zeros((1, 2), np.int64), np.zeros((1, 2)))
+
+
 class CPUBackend:
     """FFTs and kernels for the CPU.
 
@@ -1424,9 +1429,8 @@ class CPUBackend:
         doing nothing, where the plans do not apply to these arrays."""
         nb = len(gpos)
         if curvature is None:       # placeholders of the right types, not touched
-            exit_wave, projected, corners, sigma, dx, dy, wave_k = g, np.zeros((1, 1), np.float32), \
-                np.zeros((1, 2), np.int64), 0.0, g, g, g
-            pcurv = np.zeros((1, 2))
+            exit_wave, dx, dy, wave_k, sigma = g, g, g, g, 0.0
+            projected, corners, pcurv = _NO_CURVATURE
         else:
             exit_wave, projected, corners, sigma, dx, dy, wave_k, pcurv = curvature
         if not (plans.applies(g_real, g) and (curvature is None or (plans.applies(dx, dy)
