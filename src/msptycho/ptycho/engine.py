@@ -101,18 +101,25 @@ class MultisliceEngine:
         # work arrays. A batch is carried through the slices C positions at a time (a chunk
         # whose waves stay in cache); the object gradient of every slice is accumulated over the
         # chunks and the object updated once per batch, as if the batch were one chunk.
+        # Where the backend can (CPU with FFTW) and no chunk size is asked for, the whole batch
+        # runs in one call instead (CPUBackend.batch_windows): one slot of positions per thread,
+        # each slot a group of positions at a time (a chunk), no Python between the kernels.
         default_chunk = getattr(be, "chunk_positions", None) or B
-        self.C = C = min(B, params.chunk_size or default_chunk)
+        slots = min(B, getattr(be, "workers", 1)) if hasattr(be, "batch_windows") and not params.chunk_size else 0
+        self.group = min(max(default_chunk // slots, 1), -(-B // slots)) if slots else 0
+        self.C = C = slots * self.group or min(B, params.chunk_size or default_chunk)
         self.exit_waves = self.be.zeros((nz, C, n, n), np.complex64)   # slot 0 first holds the incident wave
         self.g = self.be.zeros((C, n, n), np.complex64)        # Fourier-space waves and gradients
         self.g_real = self.be.zeros((C, n, n), np.complex64)   # real-space gradients
         # single-window FFT plans of the backend's fused kernels (None: batched FFTs and kernels)
         wp = getattr(be, "window_plans", None)
         self.window_plans = wp(self.exit_waves, self.g) if wp is not None else None
-        self.rampx = be.zeros((C, n), np.complex64)
-        self.rampy = be.zeros((C, n), np.complex64)
-        self.corners = np.zeros((C, 2), dtype=np.int64)      # host; split_positions writes them
-        self.frac = np.zeros((C, 2), dtype=np.float64)
+        self.slots = slots if self.window_plans is not None else 0
+        R = B if self.slots else C            # positions whose ramps and corners are held at once
+        self.rampx = be.zeros((R, n), np.complex64)
+        self.rampy = be.zeros((R, n), np.complex64)
+        self.corners = np.zeros((R, 2), dtype=np.int64)      # host; split_positions writes them
+        self.frac = np.zeros((R, 2), dtype=np.float64)
         self.err = be.zeros(B, np.float64)
         self.loss = be.zeros(B, np.float64)
         self.grad = be.zeros((nz,) + self.obj_shape, np.float32)
@@ -120,7 +127,12 @@ class MultisliceEngine:
         self.row_lo = be.zeros((nz, self.obj_shape[0]), np.int64)
         self.row_hi = be.zeros((nz, self.obj_shape[0]), np.int64)
         self.rowmax = be.zeros((nz, self.obj_shape[0]), np.float32)
-        if C < B:   # a later chunk's touched rows, merged into the slice's
+        if self.slots:
+            # each slot's probe gradient, and its rows beyond its strip of the object
+            self.gPk_slots = be.zeros((self.slots, n, n), np.complex64)
+            over = (self.slots - 1, nz, n, self.obj_shape[1]) if self.slots > 1 else (1, 1, 1, 1)
+            self.overhang = (be.zeros(over, np.float32), be.zeros(over, np.float32))
+        elif C < B:   # a later chunk's touched rows, merged into the slice's
             self.chunk_rows = (be.zeros(self.obj_shape[0], np.int64), be.zeros(self.obj_shape[0], np.int64),
                                be.zeros(self.obj_shape[0], np.float32))
             self.gPk_chunk = be.zeros((n, n), np.complex64)
@@ -231,12 +243,19 @@ class MultisliceEngine:
         # neighbours in turn (Z order): a chunk's windows overlap in the object, which stays in
         # cache; the order is the same however the batch is chunked
         order = fw.z_order(self.pos[idx], self.n // 2)
+        if self.slots > 1:
+            # one run of positions per slot, split by their rows in the object (each slot then
+            # owns a strip of rows), each run in Z order
+            runs = np.array_split(np.argsort(self.pos[idx, 0], kind="stable"), min(self.slots, nb))
+            order = np.concatenate([r[fw.z_order(self.pos[idx[r]], self.n // 2)] for r in runs])
         idx = idx[order]
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
         mode = 0 if self.p.loss == "amplitude" else (1 if gradients is not None else 2)
         need_probe = gradients is not None or update_probe
         need_pos = gradients is not None or update_positions
-        for c0 in range(0, nb, C):
+        if self.slots:
+            self._batch_windows(idx, mode, need_probe, need_pos, update_positions and gradients is None)
+        for c0 in range(0, nb if not self.slots else 0, C):
             sub = idx[c0:c0 + C]
             m = len(sub)
             first = c0 == 0
@@ -313,6 +332,30 @@ class MultisliceEngine:
             self.gPk *= np.float32(c)
             self.Pk -= self.gPk
         return err, loss
+
+    def _batch_windows(self, idx, mode, need_probe, need_pos, curvature):
+        """The batch ``idx`` through :meth:`CPUBackend.batch_windows`: ``len(runs)`` slots of
+        consecutive positions (as ordered by :meth:`batch`)."""
+        be, nb = self.be, len(idx)
+        S = min(self.slots, nb)
+        bounds = np.array([(t * nb) // S for t in range(S + 1)], dtype=np.int64)
+        fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
+        be.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
+        # slot t's windows start in rows strips[t]:strips[t + 1] (the runs are split by rows)
+        strips = np.array([0] + [self.corners[bounds[t]:bounds[t + 1], 0].min() for t in range(1, S)]
+                          + [self.obj_shape[0]], dtype=np.int64)
+        be.batch_windows(self.window_plans, self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.exit_waves, self.g,
+                         self.g_real, self.T, self.corners, self.h, self.hc, bounds, strips, self.group,
+                         (self.amps, idx, mode, 1.0 / self.gain, self.err, self.loss), self.sigma, self.grad,
+                         self.illum, self.overhang, self.gPk_slots if need_probe else None,
+                         (self.kx, self.ky, self.gpos) if need_pos else None,
+                         (self.vproj, self.wave_k, self.dX, self.dY, self.pcurv) if curvature else None)
+        be.finish_batch_rows(self.corners, nb, self.n, self.n, strips, self.grad, self.illum, self.overhang,
+                             self.row_lo, self.row_hi, self.rowmax)
+        if need_probe:
+            self.gPk[...] = self.gPk_slots[0]
+            for t in range(1, S):
+                self.gPk += self.gPk_slots[t]
 
     def _move_positions(self, idx, nb):
         c = self.curv * self.be.asnumpy(self.pcurv[:nb])

@@ -728,14 +728,14 @@ def _gradient_tail(fn, plan_f, g_real, g, g3, nb, win, positions, probe_k, rampx
         gb = b * win
         fftw_execute(fn, plan_f, g_real, gb, g, gb)        # the incident wave's gradient, Fourier space
         if positions:
-            _position_gradient_window(g3, probe_k, rampx, rampy, kx, ky, b, gpos)
+            _position_gradient_window(g3, b, probe_k, rampx, rampy, kx, ky, b, gpos)
         if curvature:
             # the exit wave's shift derivatives (x into the free g_real[b], y into dy[b]), their FFTs
             # (into dx[b] and g_real[b]) and the curvature, all while the window is in cache
-            _exit_shift_window(exit_wave, projected, corners, b, hs, g_real3, dy3)
+            _exit_shift_window(exit_wave, b, projected, corners, b, hs, g_real3, dy3)
             fftw_execute(fn, plan_f, g_real, gb, dx, gb)
             fftw_execute(fn, plan_f, dy, gb, g_real, gb)
-            _position_curvature_window(wave_k, dx3, g_real3, b, pcurv)
+            _position_curvature_window(wave_k, dx3, g_real3, b, pcurv, b)
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always")
@@ -817,6 +817,27 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
     _residual(_flat(wave_k), amplitudes, index, poisson, scale, err, loss, wave_k.shape[0])
 
 
+@njit(fastmath=FAST, inline="always")
+def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg):
+    """One window row of :func:`back_slice` (``n1`` pixels; 1-D float32 arrays and float
+    offsets): ``grad[igr + j] += sigma Im(conj(p) g)``, ``illum[iil + j] += |p|^2`` and
+    ``g = conj(t) g``, eight pixels at a time (:func:`back_slice8`), then the tail."""
+    n8 = n1 - n1 % 8
+    for j in range(0, n8, 8):
+        back_slice8(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg)
+    for j in range(n8, n1):
+        tr = t[it + 2 * j]
+        ti = t[it + 2 * j + 1]
+        gr = g[ig + 2 * j]
+        gi = g[ig + 2 * j + 1]
+        pr = p[ip + 2 * j]
+        pi = p[ip + 2 * j + 1]
+        grad[igr + j] += sg * (pr * gi - pi * gr)      # sigma Im(conj(exit) g)
+        illum[iil + j] += pr * pr + pi * pi
+        g[ig + 2 * j] = tr * gr + ti * gi              # conj(T) g
+        g[ig + 2 * j + 1] = tr * gi - ti * gr
+
+
 #: Object rows per task of :func:`back_slice`: a task walks its rows of each window in turn.
 BACK_SLICE_ROWS = 8
 
@@ -827,7 +848,6 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
     ny = grad.shape[1]
     n0 = g.shape[1]
     n1 = g.shape[2] // 2
-    n8 = n1 - n1 % 8
     sg = np.float32(sigma)
     _check_windows(corners, nb, n0, n1, nx, ny)
     # the rows the windows cover, split into tasks of R rows (so every thread gets a share)
@@ -855,24 +875,7 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
                 i = x - x0
                 row_lo[x] = min(row_lo[x], y0)
                 row_hi[x] = max(row_hi[x], y0 + n1)
-                gb = g[b, i]
-                pb = exit_wave[b, i]
-                t = trans[x, 2 * y0:2 * (y0 + n1)]
-                gr_ = grad[x, y0:y0 + n1]
-                ir_ = illum[x, y0:y0 + n1]
-                for j in range(0, n8, 8):       # whole blocks of 8 pixels (back_slice8)
-                    back_slice8(gb, 2 * j, pb, 2 * j, t, 2 * j, gr_, j, ir_, j, sg)
-                for j in range(n8, n1):
-                    tr = t[2 * j]
-                    ti = t[2 * j + 1]
-                    gr = gb[2 * j]
-                    gi = gb[2 * j + 1]
-                    pr = pb[2 * j]
-                    pi = pb[2 * j + 1]
-                    gr_[j] += sg * (pr * gi - pi * gr)      # sigma Im(conj(exit) g)
-                    ir_[j] += pr * pr + pi * pi
-                    gb[2 * j] = tr * gr + ti * gi          # conj(T) g
-                    gb[2 * j + 1] = tr * gi - ti * gr
+                _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg)
         for x in range(xa, xe):
             m = np.float32(0.0)
             irow = illum[x]
@@ -955,6 +958,24 @@ def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, si
     _update_object(potential, _f(trans), grad, illum, row_lo, row_hi, coef, floor, sigma)
 
 
+@njit(fastmath=FAST, inline="always")
+def _probe_gradient_row(o, gb, rampx, rampy, b, i, m8, n1):
+    """Row ``i`` of position ``b``'s term of :func:`probe_gradient`: ``o += conj(rampx[b, i])
+    conj(rampy[b]) gb`` (float32 rows, ``m8`` floats in whole blocks of four pixels)."""
+    ar = rampx[b, 2 * i]
+    ai = -rampx[b, 2 * i + 1]
+    ry = rampy[b]
+    for j in range(0, m8, 8):       # g conj(ry) conj(rx), four pixels at a time
+        probe_gradient4(o, j, gb, j, ry, j, ar, ai)
+    for j in range(m8 // 2, n1):
+        cr = ar * ry[2 * j] + ai * ry[2 * j + 1]
+        ci = ai * ry[2 * j] - ar * ry[2 * j + 1]
+        gr = gb[2 * j]
+        gi = gb[2 * j + 1]
+        o[2 * j] += cr * gr - ci * gi
+        o[2 * j + 1] += cr * gi + ci * gr
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _probe_gradient(g_k, rampx, rampy, nb, out):
     n0 = out.shape[0]
@@ -965,20 +986,7 @@ def _probe_gradient(g_k, rampx, rampy, nb, out):
         for j in range(2 * n1):
             o[j] = 0
         for b in range(nb):
-            ar = rampx[b, 2 * i]
-            ai = -rampx[b, 2 * i + 1]
-            ry = rampy[b]
-            gb = g_k[b, i]
-            for j in range(0, m8, 8):       # g conj(ry) conj(rx), four pixels at a time
-                probe_gradient4(o, j, gb, j, ry, j, ar, ai)
-            for j in range(m8 // 2, n1):
-                # conj(rx) conj(ry) g
-                cr = ar * ry[2 * j] + ai * ry[2 * j + 1]
-                ci = ai * ry[2 * j] - ar * ry[2 * j + 1]
-                gr = gb[2 * j]
-                gi = gb[2 * j + 1]
-                o[2 * j] += cr * gr - ci * gi
-                o[2 * j + 1] += cr * gi + ci * gr
+            _probe_gradient_row(o, g_k[b, i], rampx, rampy, b, i, m8, n1)
 
 
 def probe_gradient(g_k, rampx, rampy, nb, out):
@@ -988,8 +996,9 @@ def probe_gradient(g_k, rampx, rampy, nb, out):
 
 
 @njit(fastmath=FAST, inline="always")
-def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
-    """Window ``b`` of :func:`position_gradient` into ``out[b]``."""
+def _position_gradient_window(g_k, w, probe_k, rampx, rampy, kx, ky, b, out):
+    """Position ``b`` of :func:`position_gradient`, its wave in window ``w`` of ``g_k``, into
+    ``out[b]``."""
     n0 = g_k.shape[1]
     n1 = g_k.shape[2] // 2
     n8 = n1 - n1 % 8
@@ -1000,7 +1009,7 @@ def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
         ar = rampx[b, 2 * i]
         ai = rampx[b, 2 * i + 1]
         p = probe_k[i]
-        gb = g_k[b, i]
+        gb = g_k[w, i]
         rowx = np.float32(0.0)
         dx, dy = position_gradient_blocks(gb, 0, p, 0, ry, 0, ar, ai, ky, 0, n8 // 8)   # 8 pixels at a time
         rowx += dx
@@ -1021,7 +1030,7 @@ def _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out):
 @njit(parallel=True, cache=True, fastmath=FAST)
 def _position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
     for b in prange(nb):
-        _position_gradient_window(g_k, probe_k, rampx, rampy, kx, ky, b, out)
+        _position_gradient_window(g_k, b, probe_k, rampx, rampy, kx, ky, b, out)
 
 
 def position_gradient(g_k, probe_k, rampx, rampy, kx, ky, nb, out):
@@ -1046,8 +1055,9 @@ def _write_exit_times_ig(p, j, gx, gy, ox, oy):
 
 
 @njit(fastmath=FAST, inline="always")
-def _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy):
-    """Window ``b`` of :func:`exit_shift_derivative` (``hs = sigma / 2``, float32)."""
+def _exit_shift_window(exit_wave, w, projected, corners, b, hs, dx, dy):
+    """Position ``b`` of :func:`exit_shift_derivative`, its exit wave and outputs in window ``w``
+    (``hs = sigma / 2``, float32)."""
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
     n8 = n1 - n1 % 8
@@ -1058,9 +1068,9 @@ def _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy):
     inside = x0 >= 1 and y0 >= 1 and x0 + n0 + 1 <= nx and y0 + n1 + 1 <= ny
     for i in range(n0):
         X = x0 + i
-        p = exit_wave[b, i]
-        ox = dx[b, i]
-        oy = dy[b, i]
+        p = exit_wave[w, i]
+        ox = dx[w, i]
+        oy = dy[w, i]
         vm = projected[max(X - 1, 0), y0:y0 + n1]
         vp = projected[min(X + 1, nx - 1), y0:y0 + n1]
         if inside:
@@ -1082,7 +1092,7 @@ def _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy):
 def _exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
     hs = np.float32(0.5 * sigma)
     for b in prange(nb):
-        _exit_shift_window(exit_wave, projected, corners, b, hs, dx, dy)
+        _exit_shift_window(exit_wave, b, projected, corners, b, hs, dx, dy)
 
 
 def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
@@ -1093,8 +1103,8 @@ def exit_shift_derivative(exit_wave, projected, corners, nb, sigma, dx, dy):
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always")
-def _position_curvature_window(wave_k, dx, dy, b, out):
-    """Window ``b`` of :func:`position_curvature` into ``out[b]``."""
+def _position_curvature_window(wave_k, dx, dy, w, out, b):
+    """Window ``w`` of :func:`position_curvature` into ``out[b]``."""
     n0 = dx.shape[1]
     n1 = dx.shape[2] // 2
     n8 = n1 - n1 % 8
@@ -1102,17 +1112,17 @@ def _position_curvature_window(wave_k, dx, dy, b, out):
     cx = 0.0
     cy = 0.0
     for i in range(n0):
-        w = wave_k[b, i]
-        a = dx[b, i]
-        c = dy[b, i]
+        wk = wave_k[w, i]
+        a = dx[w, i]
+        c = dy[w, i]
         rx = np.float32(0.0)
         ry = np.float32(0.0)
-        ux, uy = position_curvature_blocks(w, 0, a, 0, c, 0, n8 // 8)     # eight pixels at a time
+        ux, uy = position_curvature_blocks(wk, 0, a, 0, c, 0, n8 // 8)    # eight pixels at a time
         rx += ux
         ry += uy
         for j in range(n8, n1):
-            wr = w[2 * j]
-            wi = w[2 * j + 1]
+            wr = wk[2 * j]
+            wi = wk[2 * j + 1]
             m2 = wr * wr + wi * wi
             inv = np.float32(1.0) / max(m2, tiny)     # zero where the wave is zero
             inv = inv if m2 > 0 else np.float32(0.0)
@@ -1129,13 +1139,144 @@ def _position_curvature_window(wave_k, dx, dy, b, out):
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _position_curvature(wave_k, dx, dy, nb, out):
     for b in prange(nb):
-        _position_curvature_window(wave_k, dx, dy, b, out)
+        _position_curvature_window(wave_k, dx, dy, b, out, b)
 
 
 def position_curvature(wave_k, dx, dy, nb, out):
     """Gauss-Newton curvature of the amplitude loss along x and y for each position:
     ``2 sum_k Re(conj(Psi/|Psi|) dPsi)^2``."""
     _position_curvature(_f(wave_k), _f(dx), _f(dy), nb, out)
+
+
+# -- one mini-batch, each window through all of it while in cache -------------------------------
+
+@njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
+def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc,
+                   nb, nz, bounds, strips, group, amplitudes, index, poisson, residual_scale, err, loss, sigma, grad,
+                   illum, over_grad, over_illum, probe, gpk, positions, kx, ky, gpos, curvature, projected, hs, wave_k,
+                   dx, dy, pcurv, g3, last3, g_real3, wave_k3, dx3, dy3):
+    n0 = probe_k.shape[0]
+    m = probe_k.shape[1]
+    n1 = m // 2
+    win = n0 * m
+    W = waves.shape[0] // (nz * win)        # windows per slice in the stack
+    _check_windows(corners, nb, n0, n1, trans.shape[1], trans.shape[2] // 2)
+    sc = np.float32(incident_scale)
+    rsc = np.float32(residual_scale)
+    sg = np.float32(sigma)
+    m8 = m - m % 8
+    S = len(bounds) - 1
+    for t in prange(S):
+        end = strips[t + 1]                 # rows from here on go to the slot's overhang
+        if probe:
+            gpk[t] = 0
+        for start in range(bounds[t], bounds[t + 1], group):
+            ng = min(group, bounds[t + 1] - start)
+            # forward, window by window: the incident wave, every slice's exit wave (kept), the
+            # detector wave, its residual and the residual's inverse FFT
+            for k in range(ng):
+                b = start + k
+                w = t * group + k           # the window's buffers: g, g_real, wave_k, dx, dy, waves[:, w]
+                gb = w * win
+                x0 = corners[b, 0]
+                y0 = corners[b, 1]
+                _incident_window(probe_k, rampx, rampy, b, sc, g, gb)
+                fftw_execute(fn, plan_b, g, gb, waves, gb)
+                for s in range(nz):
+                    wb = (s * W + w) * win
+                    for i in range(n0):
+                        _product(waves, wb + i * m, trans[s, x0 + i, 2 * y0:2 * y0 + m], 0, m)
+                    if s < nz - 1:
+                        _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, wb + W * win, win)
+                    else:
+                        fftw_execute(fn, plan_f, waves, wb, g, gb)
+                if curvature:
+                    wave_k[gb:gb + win] = g[gb:gb + win]
+                e, lo = _residual_window(g, gb, amplitudes[index[b]], poisson, rsc)
+                err[b] = e
+                loss[b] = lo
+                fftw_execute(fn, plan_b, g, gb, g_real, gb)
+            # backward, slice by slice over the group (its windows share the slice's object
+            # rows in cache): scatter the potential gradient, back through the transmission and
+            # the propagator
+            for s in range(nz - 1, -1, -1):
+                for k in range(ng):
+                    b = start + k
+                    w = t * group + k
+                    gb = w * win
+                    wb = (s * W + w) * win
+                    x0 = corners[b, 0]
+                    y0 = corners[b, 1]
+                    for i in range(n0):
+                        x = x0 + i
+                        if x < end:
+                            _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, grad[s, x], y0,
+                                         illum[s, x], y0, n1, sg)
+                        else:
+                            _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0,
+                                         over_grad[t, s, x - end], y0, over_illum[t, s, x - end], y0, n1, sg)
+                    if s > 0:
+                        _propagate(fn, plan_f, plan_b, g_real, gb, g, gb, hc, g_real, gb, win)
+            if not (probe or positions or curvature):
+                continue
+            # the incident wave's gradient in Fourier space: probe and position gradients, and
+            # the position curvature
+            for k in range(ng):
+                b = start + k
+                w = t * group + k
+                gb = w * win
+                fftw_execute(fn, plan_f, g_real, gb, g, gb)
+                if positions:
+                    _position_gradient_window(g3, w, probe_k, rampx, rampy, kx, ky, b, gpos)
+                if probe:
+                    for i in range(n0):
+                        _probe_gradient_row(gpk[t, i], g3[w, i], rampx, rampy, b, i, m8, n1)
+                if curvature:
+                    _exit_shift_window(last3, w, projected, corners, b, hs, g_real3, dy3)
+                    fftw_execute(fn, plan_f, g_real, gb, dx, gb)
+                    fftw_execute(fn, plan_f, dy, gb, g_real, gb)
+                    _position_curvature_window(wave_k3, dx3, g_real3, w, pcurv, b)
+
+
+@njit(parallel=True, cache=True)
+def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over_illum, row_lo, row_hi, row_max):
+    nz, nx, ny = grad.shape
+    S = len(strips) - 1
+    for x in prange(nx):
+        lo = ny
+        hi = 0
+        for b in range(nb):
+            if corners[b, 0] <= x < corners[b, 0] + n0:
+                lo = min(lo, corners[b, 1])
+                hi = max(hi, corners[b, 1] + n1)
+        for s in range(nz):
+            row_lo[s, x] = lo
+            row_hi[s, x] = hi
+            gr = grad[s, x]
+            il = illum[s, x]
+            for t in range(S - 1):          # the slots' overhangs in slot order
+                r = x - strips[t + 1]
+                if 0 <= r < n0:
+                    og = over_grad[t, s, r]
+                    oi = over_illum[t, s, r]
+                    for y in range(lo, hi):
+                        gr[y] += og[y]
+                        il[y] += oi[y]
+                        og[y] = 0
+                        oi[y] = 0
+            mx = np.float32(0.0)
+            for y in range(lo, hi):
+                mx = max(mx, il[y])
+            row_max[s, x] = mx
+
+
+def finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, overhang, row_lo, row_hi, row_max):
+    """After :meth:`CPUBackend.batch_windows`: add the slots' overhangs into ``grad`` and
+    ``illum`` in slot order (zeroing them) and write, for every slice, the column span of the
+    windows ``corners[:nb]`` (``n0 x n1`` pixels) in each object row into ``row_lo/row_hi`` and
+    the row's largest illumination into ``row_max``, as :func:`back_slice` does."""
+    _finish_batch_rows(corners, nb, n0, n1, np.asarray(strips, np.int64), grad, illum, overhang[0], overhang[1],
+                       row_lo, row_hi, row_max)
 
 
 @njit(parallel=True, cache=True)
@@ -1258,6 +1399,7 @@ def _pyfftw():
 #: :meth:`CPUBackend.gradient_tail`'s stand-ins for the curvature's projected potential,
 #: corners and output when it computes none (allocated once: nothing in the iteration loop is)
 _NO_CURVATURE = (np.zeros((1, 1), np.float32), np.zeros((1, 2), np.int64), np.zeros((1, 2)))
+_NO_FREQUENCIES = np.zeros(1, np.float32)
 
 
 class CPUBackend:
@@ -1317,7 +1459,7 @@ class CPUBackend:
         for k in ("ramps", "incident", "transmit", "multiply", "residual", "back_slice", "refresh_transmission",
                   "update_object", "copy_gradient", "probe_gradient", "position_gradient",
                   "tv_step", "clip_negative", "project_potential",
-                  "exit_shift_derivative", "position_curvature"):
+                  "exit_shift_derivative", "position_curvature", "finish_batch_rows"):
             setattr(self, k, globals()[k])
 
     @staticmethod
@@ -1444,6 +1586,61 @@ class CPUBackend:
                        projected, corners, np.float32(0.5 * sigma), _f(g_real), _flat(dx), _flat(dy), _f(dx), _f(dy),
                        _f(wave_k), pcurv)
         return True
+
+    @staticmethod
+    def batch_windows(plans, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc, bounds,
+                      strips, group, residual, sigma, grad, illum, overhang, probe_grad=None, positions=None,
+                      curvature=None) -> None:
+        """A whole mini-batch, each position's window through all of it while in cache: the forward
+        pass of :meth:`forward_pass`, the detector residual, the backward pass (the potential
+        gradient scattered into ``grad`` and ``illum`` slice by slice, as :func:`back_slice`, and
+        the propagation back, as :meth:`propagate_back`) and the gradient tail of
+        :meth:`gradient_tail`, position after position.
+
+        The positions ``bounds[t]:bounds[t + 1]`` form slot ``t`` (slots run in parallel, each
+        through its positions in order, using window ``t`` of ``g``, ``g_real`` and the other
+        window buffers, and ``waves[:, t]`` for the exit waves of every slice). The slots' windows
+        must be sorted by their first row, so that slot ``t``'s windows start in the object rows
+        ``strips[t]:strips[t + 1]`` (``strips[0] = 0``, ``strips[-1]`` the object's rows): a
+        slot adds the rows of its strip straight into ``grad`` and ``illum`` (no other slot
+        writes them) and the rows beyond it, at most a window's height, into its own
+        ``overhang = (over_grad, over_illum)``, each ``(slots - 1, nz, n0, ny)``, zero on entry;
+        :func:`finish_batch_rows` adds those in slot order. Every pixel's sum thus runs in a fixed
+        order for a given number of slots (with one slot, the batch order of :func:`back_slice`).
+
+        ``residual = (amplitudes, index, poisson, scale, err, loss)`` as in :func:`residual`;
+        ``probe_grad``, optional: ``(slots, n0, n1)`` complex64, slot ``t``'s sum of the probe
+        gradient terms into ``probe_grad[t]``; ``positions``, optional: ``(kx, ky, gpos)`` as in
+        :func:`position_gradient`; ``curvature``, optional: ``(projected, wave_k, dx, dy, pcurv)``
+        as in :meth:`gradient_tail` (one window per slot in ``wave_k``, ``dx``, ``dy``).
+        """
+        nz, W, n0, n1 = waves.shape
+        S = len(bounds) - 1
+        nb = int(bounds[-1])
+        amps, index, poisson, rscale, err, loss = residual
+        over_grad, over_illum = overhang
+        if (S * group > min(W, len(g), len(g_real)) or len(strips) != S + 1
+                or nb > min(len(corners), len(rampx), len(err))):
+            raise ValueError(f"batch_windows: {S} slots of {group} windows and {nb} positions but fewer windows "
+                             "or outputs")
+        if S > 1 and over_grad.shape[:3] != (S - 1, nz, n0):
+            raise ValueError(f"batch_windows: overhang of shape {over_grad.shape}; expected ({S - 1}, {nz}, {n0}, ny)")
+        kx, ky, gpos = positions if positions is not None else (_NO_FREQUENCIES, _NO_FREQUENCIES, _NO_CURVATURE[2])
+        if curvature is None:
+            projected, corners_, pcurv = _NO_CURVATURE
+            wave_k = dx = dy = g
+        else:
+            projected, wave_k, dx, dy, pcurv = curvature
+            if S * group > min(len(wave_k), len(dx), len(dy)):
+                raise ValueError("batch_windows: fewer curvature windows than slots")
+        gpk = probe_grad if probe_grad is not None else g[:1]
+        _batch_windows(plans.execute, plans.forward, plans.inverse, _f(probe_k), _f(rampx), _f(rampy), incident_scale,
+                       _flat(waves), _flat(g), _flat(g_real), _f(trans), corners, _flat(h), _flat(hc), nb, nz,
+                       np.asarray(bounds, np.int64), np.asarray(strips, np.int64), group, amps, index, poisson, rscale,
+                       err, loss, sigma, grad, illum, over_grad, over_illum, probe_grad is not None, _f(gpk),
+                       positions is not None, kx, ky, gpos, curvature is not None, projected,
+                       np.float32(0.5 * sigma), _flat(wave_k), _flat(dx), _flat(dy), pcurv, _f(g),
+                       _f(waves[nz - 1]), _f(g_real), _f(wave_k), _f(dx), _f(dy))
 
     @staticmethod
     def propagate_back(plans, g_real, g, hc, nb) -> None:
