@@ -733,6 +733,52 @@ def test_fused_window_kernels_give_the_batched_result():
     assert not np.array_equal(results[0][2], make_engine(nz=3)[0].pos)      # the positions moved
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_a_batch_in_one_call_gives_the_chunked_result(workers):
+    """The whole batch in one kernel call (``CPUBackend.batch_windows``: a slot of positions per
+    thread, each slot owning a strip of object rows and keeping the rows beyond it apart until
+    they are added in slot order) gives the object, probe and position gradients, the touched
+    rows and the update of the chunked path, for any number of slots, and leaves its overhang
+    buffers zero for the next batch."""
+    pytest.importorskip("pyfftw")
+    from msptycho.ptycho import kernels_cpu as kc
+
+    def engine(**kw):
+        return make_engine(nz=3, scan=(5, 5), backend=kc.CPUBackend(workers=workers, fft_planning="estimate"),
+                           **kw)[0]
+    ref, eng = engine(chunk_size=7), engine()
+    if eng.window_plans is None:
+        pytest.skip("pyfftw's FFTW library cannot be called from Numba here")
+    assert eng.slots == workers and not ref.slots
+    idx = np.arange(eng.N)
+    ga, gb = {}, {}
+    np.testing.assert_allclose(ref.batch(idx, gradients=ga), eng.batch(idx, gradients=gb), rtol=1e-5)
+    for k in ("object", "probe", "positions"):
+        assert np.abs(ga[k] - gb[k]).max() <= 2e-5 * np.abs(ga[k]).max(), k
+    np.testing.assert_array_equal(ref.row_lo, eng.row_lo)
+    np.testing.assert_array_equal(ref.row_hi, eng.row_hi)
+    np.testing.assert_allclose(ref.rowmax, eng.rowmax, rtol=1e-5)
+    assert not eng.overhang[0].any() and not eng.overhang[1].any()
+    # a batch of fewer positions than slots (as the last of an iteration may be)
+    ga, gb = {}, {}
+    ref.batch(idx[:3], gradients=ga)
+    eng.batch(idx[:3], gradients=gb)
+    for k in ("object", "probe", "positions"):
+        assert np.abs(ga[k] - gb[k]).max() <= 2e-5 * np.abs(ga[k]).max(), k
+    for e in (ref, eng):
+        for _ in range(2):
+            e.batch(idx, update_probe=True, update_positions=True)
+    for a, b in ((ref.V, eng.V), (ref.Pk, eng.Pk), (ref.pos, eng.pos), (ref.pcurv, eng.pcurv)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    if workers > 1:
+        # slots whose windows are not in row order would write past their overhang: refused
+        # before anything is written
+        assert not eng.grad.any()
+        with pytest.raises(ValueError, match="outside its slot's strip"):
+            eng._batch_windows(idx[::-1].copy(), np.array([0, 10, eng.N]), 0, False, False, False)
+        assert not eng.grad.any() and not eng.overhang[0].any()
+
+
 def test_vectorised_kernels_refuse_windows_outside_the_object():
     """The SIMD kernels read and write without bounds checks, so a window reaching past the
     object is refused before any memory is touched."""

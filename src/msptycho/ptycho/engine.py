@@ -231,7 +231,9 @@ class MultisliceEngine:
         With ``gradients`` (a dict) nothing is updated: the object gradient (nz, Nx, Ny),
         probe gradient (n, n) and position gradients (nb, 2; per pixel, in the order of ``idx``)
         are stored in it. The positions are visited in Z order (:func:`forward.z_order`), C at a
-        time through all slices; the object is updated once, after the whole batch.
+        time through all slices; the object is updated once, after the whole batch. Where the
+        backend runs a whole batch in one call (``slots``), the positions are first split by
+        their object rows into one run per slot, each run in Z order.
 
         Returns
         -------
@@ -243,10 +245,13 @@ class MultisliceEngine:
         # neighbours in turn (Z order): a chunk's windows overlap in the object, which stays in
         # cache; the order is the same however the batch is chunked
         order = fw.z_order(self.pos[idx], self.n // 2)
-        if self.slots > 1:
+        S = min(self.slots, nb)
+        bounds = np.array([(t * nb) // S for t in range(S + 1)], dtype=np.int64) if S else None
+        if S > 1:
             # one run of positions per slot, split by their rows in the object (each slot then
             # owns a strip of rows), each run in Z order
-            runs = np.array_split(np.argsort(self.pos[idx, 0], kind="stable"), min(self.slots, nb))
+            byrow = np.argsort(self.pos[idx, 0], kind="stable")
+            runs = [byrow[bounds[t]:bounds[t + 1]] for t in range(S)]
             order = np.concatenate([r[fw.z_order(self.pos[idx[r]], self.n // 2)] for r in runs])
         idx = idx[order]
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
@@ -254,7 +259,7 @@ class MultisliceEngine:
         need_probe = gradients is not None or update_probe
         need_pos = gradients is not None or update_positions
         if self.slots:
-            self._batch_windows(idx, mode, need_probe, need_pos, update_positions and gradients is None)
+            self._batch_windows(idx, bounds, mode, need_probe, need_pos, update_positions and gradients is None)
         for c0 in range(0, nb if not self.slots else 0, C):
             sub = idx[c0:c0 + C]
             m = len(sub)
@@ -333,12 +338,11 @@ class MultisliceEngine:
             self.Pk -= self.gPk
         return err, loss
 
-    def _batch_windows(self, idx, mode, need_probe, need_pos, curvature):
-        """The batch ``idx`` through :meth:`CPUBackend.batch_windows`: ``len(runs)`` slots of
-        consecutive positions (as ordered by :meth:`batch`)."""
+    def _batch_windows(self, idx, bounds, mode, need_probe, need_pos, curvature):
+        """The batch ``idx`` through :meth:`CPUBackend.batch_windows`, slot ``t`` taking the
+        positions ``bounds[t]:bounds[t + 1]`` (as :meth:`batch` ordered them)."""
         be, nb = self.be, len(idx)
-        S = min(self.slots, nb)
-        bounds = np.array([(t * nb) // S for t in range(S + 1)], dtype=np.int64)
+        S = len(bounds) - 1
         fw.split_positions(self.pos[idx], self.n, self.corners[:nb], self.frac[:nb])
         be.ramps(self.frac[:nb], self.kx, self.ky, self.rampx, self.rampy)
         # slot t's windows start in rows strips[t]:strips[t + 1] (the runs are split by rows)

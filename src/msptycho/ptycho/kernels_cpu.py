@@ -7,7 +7,9 @@ run with the same number of threads:
 * per-position work is parallel over positions (each thread owns its positions' windows);
 * scatter-adds into the object are parallel over *object rows*: a thread owns whole rows and
   visits the batch's positions in their batch order, so no two threads write the same pixel and
-  the summation order never changes;
+  the summation order never changes; where a whole batch runs in one call
+  (:meth:`CPUBackend.batch_windows`), each thread owns a strip of rows and keeps the rows its
+  windows reach beyond it apart, added afterwards in thread order;
 * sums over positions (probe gradient) are parallel over window rows, sequential over positions.
 
 A GPU backend supplies the same functions (same signatures) and FFTs; the engine
@@ -1150,6 +1152,21 @@ def position_curvature(wave_k, dx, dy, nb, out):
 
 # -- one mini-batch, each window through all of it while in cache -------------------------------
 
+@njit(cache=True)
+def _check_strips(corners, bounds, strips, nx):
+    """:meth:`CPUBackend.batch_windows` writes without bounds checks: every slot's windows must
+    start in its strip of rows, the strips in order from row 0 to the object's last."""
+    S = len(bounds) - 1
+    if len(strips) != S + 1 or strips[0] != 0 or strips[S] != nx or bounds[0] != 0:
+        raise ValueError("batch_windows: strips must run from row 0 to the object's last, one per slot")
+    for t in range(S):
+        if bounds[t + 1] < bounds[t] or strips[t + 1] < strips[t]:
+            raise ValueError("batch_windows: slots and strips must be in order")
+        for b in range(bounds[t], bounds[t + 1]):
+            if corners[b, 0] < strips[t] or (t < S - 1 and corners[b, 0] > strips[t + 1]):
+                raise ValueError("batch_windows: a window starts outside its slot's strip of rows")
+
+
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc,
                    nb, nz, bounds, strips, group, amplitudes, index, poisson, residual_scale, err, loss, sigma, grad,
@@ -1423,11 +1440,11 @@ class CPUBackend:
         FFTW only: ``"measure"`` (plans timed once per machine and kept in a wisdom file, see
         :mod:`msptycho.ptycho.fftw_wisdom`) or ``"estimate"`` (``FFTW_ESTIMATE``, no file).
     fused_kernels : bool
-        FFTW only: let the engine run its forward pass and the backward propagation one window
-        at a time through FFTW's single-window plans, called from Numba kernels, the windows in
-        parallel (:meth:`forward_pass`, :meth:`propagate_back`; out-of-place transforms of such
-        windows also run this way). Same results to float32 rounding; on the 2-core VM measured,
-        10-16 % faster per iteration with two threads and as fast with one.
+        FFTW only: let the engine run its work one window at a time through FFTW's single-window
+        plans, called from Numba kernels: a whole batch in one call (:meth:`batch_windows`) or,
+        with a chunk size set, the forward pass, backward propagation and gradient tail chunk by
+        chunk (:meth:`forward_pass`, :meth:`propagate_back`, :meth:`gradient_tail`; out-of-place
+        transforms of such windows also run this way). Same results to float32 rounding.
     """
 
     name = "cpu"
@@ -1591,20 +1608,21 @@ class CPUBackend:
     def batch_windows(plans, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc, bounds,
                       strips, group, residual, sigma, grad, illum, overhang, probe_grad=None, positions=None,
                       curvature=None) -> None:
-        """A whole mini-batch, each position's window through all of it while in cache: the forward
-        pass of :meth:`forward_pass`, the detector residual, the backward pass (the potential
-        gradient scattered into ``grad`` and ``illum`` slice by slice, as :func:`back_slice`, and
-        the propagation back, as :meth:`propagate_back`) and the gradient tail of
-        :meth:`gradient_tail`, position after position.
+        """A whole mini-batch in one call, with no Python between the kernels: for each group of
+        ``group`` positions, the forward pass of :meth:`forward_pass` and the detector residual
+        window by window, the backward pass slice by slice over the group (the potential gradient
+        scattered into ``grad`` and ``illum`` as :func:`back_slice` does, the propagation back as
+        :meth:`propagate_back`), and the gradient tail of :meth:`gradient_tail` window by window.
 
-        The positions ``bounds[t]:bounds[t + 1]`` form slot ``t`` (slots run in parallel, each
-        through its positions in order, using window ``t`` of ``g``, ``g_real`` and the other
-        window buffers, and ``waves[:, t]`` for the exit waves of every slice). The slots' windows
-        must be sorted by their first row, so that slot ``t``'s windows start in the object rows
+        The positions ``bounds[t]:bounds[t + 1]`` form slot ``t``. Slots run in parallel, each
+        through its positions in order, ``group`` at a time. Slot ``t`` uses the windows
+        ``t * group ...`` of ``g``, ``g_real``, ``wave_k``, ``dx`` and ``dy``, and of ``waves`` for
+        the exit waves of every slice. The slots' windows must be sorted by their first row, so
+        that slot ``t``'s windows start in the object rows
         ``strips[t]:strips[t + 1]`` (``strips[0] = 0``, ``strips[-1]`` the object's rows): a
         slot adds the rows of its strip straight into ``grad`` and ``illum`` (no other slot
         writes them) and the rows beyond it, at most a window's height, into its own
-        ``overhang = (over_grad, over_illum)``, each ``(slots - 1, nz, n0, ny)``, zero on entry;
+        ``overhang = (over_grad, over_illum)``, each ``(slots - 1, nz, n0, ny)`` or more slots, zero on entry;
         :func:`finish_batch_rows` adds those in slot order. Every pixel's sum thus runs in a fixed
         order for a given number of slots (with one slot, the batch order of :func:`back_slice`).
 
@@ -1612,7 +1630,7 @@ class CPUBackend:
         ``probe_grad``, optional: ``(slots, n0, n1)`` complex64, slot ``t``'s sum of the probe
         gradient terms into ``probe_grad[t]``; ``positions``, optional: ``(kx, ky, gpos)`` as in
         :func:`position_gradient`; ``curvature``, optional: ``(projected, wave_k, dx, dy, pcurv)``
-        as in :meth:`gradient_tail` (one window per slot in ``wave_k``, ``dx``, ``dy``).
+        as in :meth:`gradient_tail`.
         """
         nz, W, n0, n1 = waves.shape
         S = len(bounds) - 1
@@ -1623,8 +1641,11 @@ class CPUBackend:
                 or nb > min(len(corners), len(rampx), len(err))):
             raise ValueError(f"batch_windows: {S} slots of {group} windows and {nb} positions but fewer windows "
                              "or outputs")
-        if S > 1 and over_grad.shape[:3] != (S - 1, nz, n0):
-            raise ValueError(f"batch_windows: overhang of shape {over_grad.shape}; expected ({S - 1}, {nz}, {n0}, ny)")
+        if S > 1 and (over_grad.shape[0] < S - 1 or over_grad.shape[1:] != (nz, n0, grad.shape[2])
+                      or over_grad.shape != over_illum.shape):
+            raise ValueError(f"batch_windows: overhang of shape {over_grad.shape}; expected (at least {S - 1}, {nz}, "
+                             f"{n0}, {grad.shape[2]})")
+        _check_strips(corners, np.asarray(bounds, np.int64), np.asarray(strips, np.int64), grad.shape[1])
         kx, ky, gpos = positions if positions is not None else (_NO_FREQUENCIES, _NO_FREQUENCIES, _NO_CURVATURE[2])
         if curvature is None:
             projected, corners_, pcurv = _NO_CURVATURE

@@ -70,9 +70,11 @@ class ReconstructionParameters:
     fft_workers : int
         FFT and Numba kernel threads (0: all cores). Does not change the result.
     chunk_size : int
-        Positions of a batch carried through all slices together (0: the backend's choice, 16 per
-        thread on the CPU, where their waves stay in cache, and the whole batch on a GPU). The object is
-        still updated once per batch; changes the result only by float rounding.
+        Positions of a batch carried through all slices together (0: the backend's choice: on the
+        CPU with FFTW the whole batch in one call, a run of positions per thread, 16 at a time;
+        otherwise 16 per thread on the CPU, where their waves stay in cache, and the whole batch
+        on a GPU). The object is still updated once per batch; changes the result only by float
+        rounding.
     fft_library : str
         ``"auto"`` (FFTW through pyfftw when installed, else scipy's pocketfft), ``"fftw"``,
         ``"pocketfft"`` or ``"numpy"``. Libraries differ in the last bits of the result.
