@@ -241,10 +241,9 @@ class MultisliceEngine:
             Sums over the batch of ``(|Psi| - a)^2`` and of the loss.
         """
         be, K = self.be, self.be
-        nb, nz, C = len(idx), self.nz, self.C
+        nb, nz = len(idx), self.nz
         # neighbours in turn (Z order): a chunk's windows overlap in the object, which stays in
         # cache; the order is the same however the batch is chunked
-        order = fw.z_order(self.pos[idx], self.n // 2)
         S = min(self.slots, nb)
         bounds = np.array([(t * nb) // S for t in range(S + 1)], dtype=np.int64) if S else None
         if S > 1:
@@ -253,6 +252,8 @@ class MultisliceEngine:
             byrow = np.argsort(self.pos[idx, 0], kind="stable")
             runs = [byrow[bounds[t]:bounds[t + 1]] for t in range(S)]
             order = np.concatenate([r[fw.z_order(self.pos[idx[r]], self.n // 2)] for r in runs])
+        else:
+            order = fw.z_order(self.pos[idx], self.n // 2)
         idx = idx[order]
         # loss mode: 0 amplitude, 1 Poisson (exact gradient), 2 Poisson preconditioned (updates)
         mode = 0 if self.p.loss == "amplitude" else (1 if gradients is not None else 2)
@@ -260,7 +261,44 @@ class MultisliceEngine:
         need_pos = gradients is not None or update_positions
         if self.slots:
             self._batch_windows(idx, bounds, mode, need_probe, need_pos, update_positions and gradients is None)
-        for c0 in range(0, nb if not self.slots else 0, C):
+        else:
+            self._batch_chunked(idx, mode, need_probe, need_pos, update_positions, gradients)
+        err = float(self.err[:nb].sum())
+        loss = float(self.loss[:nb].sum())
+        # undo the forward FFT's gain on the incident-wave gradient (small arrays)
+        if need_probe:
+            self.gPk *= np.float32(1.0 / self.gain)
+        if need_pos:
+            self.gpos[:nb] /= self.gain
+        if gradients is not None:
+            obj = be.zeros(self.V.shape, self.V.dtype)
+            for s in range(nz):
+                K.copy_gradient(obj[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s])
+            gradients["object"] = be.asnumpy(obj)
+            gradients["probe"] = be.asnumpy(self.gPk).copy()
+            gradients["positions"] = np.empty((nb, 2), dtype=np.float64)
+            gradients["positions"][order] = be.asnumpy(self.gpos[:nb])   # in the caller's order
+            return err, loss
+        coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
+        for s in range(nz):
+            floor = self.p.illumination_regularization_fraction * float(self.rowmax[s].max())
+            K.update_object(self.V[s], self.T[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s],
+                            coef if update_object else 0.0, floor, self.sigma)
+        if update_positions:
+            self.pcurv[:nb] /= self.gain**2
+            self._move_positions(idx, nb)
+        if update_probe:
+            c = self.p.probe_step_size * self.step_scale / (2 * nb * self.curv)
+            self.gPk *= np.float32(c)
+            self.Pk -= self.gPk
+        return err, loss
+
+    def _batch_chunked(self, idx, mode, need_probe, need_pos, update_positions, gradients):
+        """The batch ``idx`` C positions at a time, kernel by kernel (the GPU, FFT libraries other
+        than FFTW, or a chunk size set)."""
+        be, K = self.be, self.be
+        nb, nz, C = len(idx), self.nz, self.C
+        for c0 in range(0, nb, C):
             sub = idx[c0:c0 + C]
             m = len(sub)
             first = c0 == 0
@@ -308,35 +346,6 @@ class MultisliceEngine:
                 be.fft2(g, out=self.dX[:m])
                 be.fft2(g_real, out=self.dY[:m])
                 K.position_curvature(self.wave_k, self.dX, self.dY, m, self.pcurv[c0:c0 + m])
-        err = float(self.err[:nb].sum())
-        loss = float(self.loss[:nb].sum())
-        # undo the forward FFT's gain on the incident-wave gradient (small arrays)
-        if need_probe:
-            self.gPk *= np.float32(1.0 / self.gain)
-        if need_pos:
-            self.gpos[:nb] /= self.gain
-        if gradients is not None:
-            obj = be.zeros(self.V.shape, self.V.dtype)
-            for s in range(nz):
-                K.copy_gradient(obj[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s])
-            gradients["object"] = be.asnumpy(obj)
-            gradients["probe"] = be.asnumpy(self.gPk).copy()
-            gradients["positions"] = np.empty((nb, 2), dtype=np.float64)
-            gradients["positions"][order] = be.asnumpy(self.gpos[:nb])   # in the caller's order
-            return err, loss
-        coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
-        for s in range(nz):
-            floor = self.p.illumination_regularization_fraction * float(self.rowmax[s].max())
-            K.update_object(self.V[s], self.T[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s],
-                            coef if update_object else 0.0, floor, self.sigma)
-        if update_positions:
-            self.pcurv[:nb] /= self.gain**2
-            self._move_positions(idx, nb)
-        if update_probe:
-            c = self.p.probe_step_size * self.step_scale / (2 * nb * self.curv)
-            self.gPk *= np.float32(c)
-            self.Pk -= self.gPk
-        return err, loss
 
     def _batch_windows(self, idx, bounds, mode, need_probe, need_pos, curvature):
         """The batch ``idx`` through :meth:`CPUBackend.batch_windows`, slot ``t`` taking the
