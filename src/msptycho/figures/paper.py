@@ -1167,7 +1167,7 @@ def plot_validation(out_path, *, slice_thickness_A: float, slice_correlation=Non
     if metrics_text:
         txt = ",  ".join(f"{k} = {v:.3g}" if isinstance(v, (float, np.floating)) else f"{k} = {v}"
                          for k, v in metrics_text.items())
-        fig.text(0.5, 0.003, txt, ha="center", va="bottom", fontsize=6, wrap=True)
+        sub[1].supxlabel(txt, fontsize=6)      # a label of the lower panels: the layout keeps it off them
     if title:
         fig.suptitle(title)
     return save_figure(fig, out_path, s.dpi)
