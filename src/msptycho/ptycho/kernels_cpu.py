@@ -678,6 +678,33 @@ def multiply(a, h):
 
 # -- fused kernels: FFTs and products of one window while it is in cache ----------------------------
 
+@njit(fastmath=FAST, inline="always")
+def _slice_step(fn, plan_f, plan_b, waves, wb, trans_s, x0, y0, n0, m, g, gb, h, next_wb, last):
+    """The wave at ``wb`` of the flat ``waves`` through one slice: times the slice's transmission
+    (``trans_s``, its float32 view) from object pixel ``(x0, y0)`` (the exit wave, kept), then
+    Fresnel-propagated into ``waves`` at ``next_wb`` (``g`` at ``gb`` the Fourier-space scratch)
+    or, at the ``last`` slice, its FFT into ``g`` at ``gb`` (the detector wave)."""
+    for i in range(n0):
+        _product(waves, wb + i * m, trans_s[x0 + i, 2 * y0:2 * y0 + m], 0, m)
+    if last:
+        fftw_execute(fn, plan_f, waves, wb, g, gb)
+    else:
+        _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, next_wb, n0 * m)
+
+
+@njit(fastmath=FAST, error_model="numpy", inline="always")
+def _detector_step(fn, plan_b, g, gb, win, amp, poisson, rsc, err, loss, b, g_real, keep, wave_k):
+    """The detector wave in ``g`` at ``gb``: kept in ``wave_k`` (if ``keep``), replaced by the
+    loss's gradient (:func:`residual` against the amplitudes ``amp``; ``err[b]``, ``loss[b]``),
+    whose inverse FFT goes into ``g_real`` at ``gb`` (the exit wave's gradient)."""
+    if keep:
+        wave_k[gb:gb + win] = g[gb:gb + win]
+    e, lo = _residual_window(g, gb, amp, poisson, rsc)
+    err[b] = e
+    loss[b] = lo
+    fftw_execute(fn, plan_b, g, gb, g_real, gb)
+
+
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _forward_pass(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, waves, g, trans, corners, h, nb, nz, C,
                   residual, amplitudes, index, poisson, residual_scale, err, loss, g_real, keep, wave_k):
@@ -688,27 +715,16 @@ def _forward_pass(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wav
     sc = np.float32(incident_scale)
     rsc = np.float32(residual_scale)
     for b in prange(nb):
-        x0 = corners[b, 0]
-        y0 = 2 * corners[b, 1]
         gb = b * win
         _incident_window(probe_k, rampx, rampy, b, sc, g, gb)      # the shifted probe, Fourier space
         fftw_execute(fn, plan_b, g, gb, waves, gb)                 # slot 0 (s = 0): the incident wave
         for s in range(nz):
             wb = (s * C + b) * win
-            for i in range(n0):             # exit wave = incident wave * transmission
-                _product(waves, wb + i * m, trans[s, x0 + i, y0:y0 + m], 0, m)
-            if s < nz - 1:                  # Fresnel propagation to the next slice
-                _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, wb + C * win, win)
-            else:                           # the detector plane
-                fftw_execute(fn, plan_f, waves, wb, g, gb)
+            _slice_step(fn, plan_f, plan_b, waves, wb, trans[s], corners[b, 0], corners[b, 1], n0, m, g, gb, h,
+                        wb + C * win, s == nz - 1)
         if residual:
-            if keep:                        # the detector wave, kept for the position update
-                for j in range(win):
-                    wave_k[gb + j] = g[gb + j]
-            e, lo = _residual_window(g, gb, amplitudes[index[b]], poisson, rsc)
-            err[b] = e
-            loss[b] = lo
-            fftw_execute(fn, plan_b, g, gb, g_real, gb)           # the exit wave's gradient
+            _detector_step(fn, plan_b, g, gb, win, amplitudes[index[b]], poisson, rsc, err, loss, b, g_real, keep,
+                           wave_k)
 
 
 @njit(parallel=True, cache=True)
@@ -723,21 +739,29 @@ def _propagate_back(fn, plan_f, plan_b, g_real, g, hc, nb, win):
         _propagate(fn, plan_f, plan_b, g_real, b * win, g, b * win, hc, g_real, b * win, win)
 
 
+@njit(fastmath=FAST, error_model="numpy", inline="always")
+def _tail_window(fn, plan_f, g_real, g, g3, w, win, b, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature,
+                 exit_wave, projected, corners, hs, g_real3, dx, dy, dx3, dy3, wave_k, pcurv):
+    """Window ``w`` (position ``b``) of :meth:`CPUBackend.gradient_tail`."""
+    gb = w * win
+    fftw_execute(fn, plan_f, g_real, gb, g, gb)        # the incident wave's gradient, Fourier space
+    if positions:
+        _position_gradient_window(g3, w, probe_k, rampx, rampy, kx, ky, b, gpos)
+    if curvature:
+        # the exit wave's shift derivatives (x into the free g_real[w], y into dy[w]), their FFTs
+        # (into dx[w] and g_real[w]) and the curvature, all while the window is in cache
+        _exit_shift_window(exit_wave, w, projected, corners, b, hs, g_real3, dy3)
+        fftw_execute(fn, plan_f, g_real, gb, dx, gb)
+        fftw_execute(fn, plan_f, dy, gb, g_real, gb)
+        _position_curvature_window(wave_k, dx3, g_real3, w, pcurv, b)
+
+
 @njit(parallel=True, cache=True, fastmath=FAST, error_model="numpy")
 def _gradient_tail(fn, plan_f, g_real, g, g3, nb, win, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature,
                    exit_wave, projected, corners, hs, g_real3, dx, dy, dx3, dy3, wave_k, pcurv):
     for b in prange(nb):
-        gb = b * win
-        fftw_execute(fn, plan_f, g_real, gb, g, gb)        # the incident wave's gradient, Fourier space
-        if positions:
-            _position_gradient_window(g3, b, probe_k, rampx, rampy, kx, ky, b, gpos)
-        if curvature:
-            # the exit wave's shift derivatives (x into the free g_real[b], y into dy[b]), their FFTs
-            # (into dx[b] and g_real[b]) and the curvature, all while the window is in cache
-            _exit_shift_window(exit_wave, b, projected, corners, b, hs, g_real3, dy3)
-            fftw_execute(fn, plan_f, g_real, gb, dx, gb)
-            fftw_execute(fn, plan_f, dy, gb, g_real, gb)
-            _position_curvature_window(wave_k, dx3, g_real3, b, pcurv, b)
+        _tail_window(fn, plan_f, g_real, g, g3, b, win, b, positions, probe_k, rampx, rampy, kx, ky, gpos, curvature,
+                     exit_wave, projected, corners, hs, g_real3, dx, dy, dx3, dy3, wave_k, pcurv)
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always")
@@ -1201,23 +1225,12 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
                     b = start + k
                     gb = (t * group + k) * win
                     wb = s * W * win + gb
-                    x0 = corners[b, 0]
-                    y0 = corners[b, 1]
-                    for i in range(n0):
-                        _product(waves, wb + i * m, trans[s, x0 + i, 2 * y0:2 * y0 + m], 0, m)
-                    if s < nz - 1:
-                        _propagate(fn, plan_f, plan_b, waves, wb, g, gb, h, waves, wb + W * win, win)
-                    else:
-                        fftw_execute(fn, plan_f, waves, wb, g, gb)
+                    _slice_step(fn, plan_f, plan_b, waves, wb, trans[s], corners[b, 0], corners[b, 1], n0, m, g, gb,
+                                h, wb + W * win, s == nz - 1)
             for k in range(ng):
                 b = start + k
-                gb = (t * group + k) * win
-                if curvature:
-                    wave_k[gb:gb + win] = g[gb:gb + win]
-                e, lo = _residual_window(g, gb, amplitudes[index[b]], poisson, rsc)
-                err[b] = e
-                loss[b] = lo
-                fftw_execute(fn, plan_b, g, gb, g_real, gb)
+                _detector_step(fn, plan_b, g, (t * group + k) * win, win, amplitudes[index[b]], poisson, rsc, err,
+                               loss, b, g_real, curvature, wave_k)
             # backward, slice by slice over the group (its windows share the slice's object
             # rows in cache): scatter the potential gradient, back through the transmission and
             # the propagator
@@ -1246,18 +1259,11 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
             for k in range(ng):
                 b = start + k
                 w = t * group + k
-                gb = w * win
-                fftw_execute(fn, plan_f, g_real, gb, g, gb)
-                if positions:
-                    _position_gradient_window(g3, w, probe_k, rampx, rampy, kx, ky, b, gpos)
+                _tail_window(fn, plan_f, g_real, g, g3, w, win, b, positions, probe_k, rampx, rampy, kx, ky, gpos,
+                             curvature, last3, projected, corners, hs, g_real3, dx, dy, dx3, dy3, wave_k3, pcurv)
                 if probe:
                     for i in range(n0):
                         _probe_gradient_row(gpk[t, i], g3[w, i], rampx, rampy, b, i, m8, n1)
-                if curvature:
-                    _exit_shift_window(last3, w, projected, corners, b, hs, g_real3, dy3)
-                    fftw_execute(fn, plan_f, g_real, gb, dx, gb)
-                    fftw_execute(fn, plan_f, dy, gb, g_real, gb)
-                    _position_curvature_window(wave_k3, dx3, g_real3, w, pcurv, b)
 
 
 @njit(parallel=True, cache=True)
