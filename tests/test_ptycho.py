@@ -777,6 +777,12 @@ def test_a_batch_in_one_call_gives_the_chunked_result(workers):
         with pytest.raises(ValueError, match="outside its slot's strip"):
             eng._batch_windows(idx[::-1].copy(), np.array([0, 10, eng.N]), 0, False, False, False)
         assert not eng.grad.any() and not eng.overhang[0].any()
+    # buffers laid out otherwise than the planned ones (here shifted by one complex number) are
+    # refused, not handed to FFTW
+    eng.g_real = np.zeros(eng.g_real.size + 1, np.complex64)[1:].reshape(eng.g_real.shape)
+    with pytest.raises(ValueError, match="do not apply"):
+        eng._batch_windows(idx, np.array([0, eng.N]), 0, False, False, False)
+    assert not eng.grad.any()
 
 
 def test_vectorised_kernels_refuse_windows_outside_the_object():

@@ -1244,12 +1244,13 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
                     y0 = corners[b, 1]
                     for i in range(n0):
                         x = x0 + i
-                        if x < end:
-                            _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, grad[s, x], y0,
-                                         illum[s, x], y0, n1, sg)
+                        if x < end:         # the slot's own strip, or its overhang beyond it
+                            gr = grad[s, x]
+                            il = illum[s, x]
                         else:
-                            _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0,
-                                         over_grad[t, s, x - end], y0, over_illum[t, s, x - end], y0, n1, sg)
+                            gr = over_grad[t, s, x - end]
+                            il = over_illum[t, s, x - end]
+                        _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg)
                     if s > 0:
                         _propagate(fn, plan_f, plan_b, g_real, gb, g, gb, hc, g_real, gb, win)
             if not (probe or positions or curvature):
@@ -1662,12 +1663,16 @@ class CPUBackend:
         _check_strips(corners, np.asarray(bounds, np.int64), np.asarray(strips, np.int64), grad.shape[1])
         kx, ky, gpos = positions if positions is not None else (_NO_FREQUENCIES, _NO_FREQUENCIES, _NO_CURVATURE[2])
         if curvature is None:
-            projected, corners_, pcurv = _NO_CURVATURE
+            projected, _, pcurv = _NO_CURVATURE
             wave_k = dx = dy = g
         else:
             projected, wave_k, dx, dy, pcurv = curvature
             if S * group > min(len(wave_k), len(dx), len(dy)):
                 raise ValueError("batch_windows: fewer curvature windows than slots")
+        # FFTW runs the plans on these buffers unchecked: they must be laid out as the planned ones
+        if not (plans.applies(waves[0], g) and plans.applies(g_real, g)
+                and (curvature is None or (plans.applies(dx, dy) and plans.applies(g_real, dx)))):
+            raise ValueError("batch_windows: the window plans do not apply to these buffers (shape, alignment)")
         gpk = probe_grad if probe_grad is not None else g[:1]
         _batch_windows(plans.execute, plans.forward, plans.inverse, _f(probe_k), _f(rampx), _f(rampy), incident_scale,
                        _flat(waves), _flat(g), _flat(g_real), _f(trans), corners, _flat(h), _flat(hc), nb, nz,
