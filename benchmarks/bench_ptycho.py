@@ -115,15 +115,15 @@ def run_case(name: str, iterations: int | None, data_dir: str | None) -> dict:
             super().forward_pass(plans, probe_k, rampx, rampy, scale, waves, g, trans, corners, h, nb, residual)
 
         def batch_windows(self, plans, probe_k, rampx, rampy, scale, waves, g, g_real, trans, corners, h, hc, bounds,
-                          strips, group, residual, sigma, grad, illum, overhang, probe_grad=None, positions=None,
-                          curvature=None):
+                          strips, group, residual, sigma, grad, illum, overhang, illum_max, probe_grad=None,
+                          positions=None, curvature=None):
             # per position: forward 2 nz + 1 (residual), backward 2 (nz - 1), tail 1 or 3
             nz = waves.shape[0]
             tail = (probe_grad is not None or positions is not None or curvature is not None) + 2 * (curvature is not None)
             self.count += int(bounds[-1]) * (4 * nz - 1 + tail)
             super().batch_windows(plans, probe_k, rampx, rampy, scale, waves, g, g_real, trans, corners, h, hc, bounds,
-                                  strips, group, residual, sigma, grad, illum, overhang, probe_grad, positions,
-                                  curvature)
+                                  strips, group, residual, sigma, grad, illum, overhang, illum_max, probe_grad,
+                                  positions, curvature)
 
         def propagate_back(self, plans, g_real, g, hc, nb):
             self.count += 2 * nb

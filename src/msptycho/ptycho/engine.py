@@ -132,6 +132,9 @@ class MultisliceEngine:
             self.gPk_slots = be.zeros((self.slots, n, n), np.complex64)
             over = (self.slots - 1, nz, n, self.obj_shape[1]) if self.slots > 1 else (1, 1, 1, 1)
             self.overhang = (be.zeros(over, np.float32), be.zeros(over, np.float32))
+            # each slot's running maximum of the illumination it wrote, and each slice's maximum
+            self.illum_max = be.zeros((self.slots, nz, 8), np.float32)
+            self.slice_max = be.zeros(nz, np.float32)
         elif C < B:   # a later chunk's touched rows, merged into the slice's
             self.chunk_rows = (be.zeros(self.obj_shape[0], np.int64), be.zeros(self.obj_shape[0], np.int64),
                                be.zeros(self.obj_shape[0], np.float32))
@@ -281,7 +284,8 @@ class MultisliceEngine:
             return err, loss
         coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
         for s in range(nz):
-            floor = self.p.illumination_regularization_fraction * float(self.rowmax[s].max())
+            top = self.slice_max[s] if self.slots else self.rowmax[s].max()
+            floor = self.p.illumination_regularization_fraction * float(top)
             K.update_object(self.V[s], self.T[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s],
                             coef if update_object else 0.0, floor, self.sigma)
         if update_positions:
@@ -360,11 +364,11 @@ class MultisliceEngine:
         be.batch_windows(self.window_plans, self.Pk, self.rampx, self.rampy, 1.0 / self.gain, self.exit_waves, self.g,
                          self.g_real, self.T, self.corners, self.h, self.hc, bounds, strips, self.group,
                          (self.amps, idx, mode, 1.0 / self.gain, self.err, self.loss), self.sigma, self.grad,
-                         self.illum, self.overhang, self.gPk_slots if need_probe else None,
+                         self.illum, self.overhang, self.illum_max, self.gPk_slots if need_probe else None,
                          (self.kx, self.ky, self.gpos) if need_pos else None,
                          (self.vproj, self.wave_k, self.dX, self.dY, self.pcurv) if curvature else None)
         be.finish_batch_rows(self.corners, nb, self.n, self.n, strips, self.grad, self.illum, self.overhang,
-                             self.row_lo, self.row_hi, self.rowmax)
+                             self.illum_max, self.row_lo, self.row_hi, self.slice_max, self.rowmax)
         if need_probe:
             self.gPk[...] = self.gPk_slots[0]
             for t in range(1, S):

@@ -239,18 +239,9 @@ def cmul4(typingctx, out, io, a, ia, b, ib):
     return sig, codegen
 
 
-@intrinsic
-def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
-    """Eight pixels of :func:`back_slice`: with the interleaved
-    complex ``g = g[ig:ig+16]``, exit wave ``p = p[ip:ip+16]`` and transmission
-    ``t = t[it:it+16]``: ``grad[igr:igr+8] += sigma Im(conj(p) g)``,
-    ``illum[iil:iil+8] += |p|^2`` and ``g = conj(t) g`` (in place). No bounds checks."""
-    _check_arrays(g, p, t, grad, illum)
-    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
-                     types.float32)
-
+def _back_slice8_codegen(track):
     def codegen(context, builder, signature, args):
-        g_, ig_, p_, ip_, t_, it_, gr_, igr_, il_, iil_, sg = args
+        g_, ig_, p_, ip_, t_, it_, gr_, igr_, il_, iil_, sg = args[:11]
         ty = signature.args
         und = ir.Constant(_F8, ir.Undefined)
         gptr = [_ptr(context, builder, ty[0], g_, ig_, k) for k in (0, 8)]
@@ -269,11 +260,38 @@ def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
         ilp = _ptr(context, builder, ty[8], il_, iil_)
         builder.store(builder.fadd(builder.load(grp, align=4), builder.fmul(sgv, im, flags=_FAST), flags=_FAST),
                       grp, align=4)
-        builder.store(builder.fadd(builder.load(ilp, align=4), il, flags=_FAST), ilp, align=4)
+        il = builder.fadd(builder.load(ilp, align=4), il, flags=_FAST)
+        builder.store(il, ilp, align=4)
+        if track:
+            mxp = _ptr(context, builder, ty[11], args[11], args[12])
+            mxv = builder.load(mxp, align=4)
+            builder.store(builder.select(builder.fcmp_ordered(">", il, mxv), il, mxv), mxp, align=4)
         for k in (0, 1):
             builder.store(_cmul(builder, gv[k], tv[k], True), gptr[k], align=4)
         return context.get_dummy_value()
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
+    """Eight pixels of :func:`back_slice`: with the interleaved
+    complex ``g = g[ig:ig+16]``, exit wave ``p = p[ip:ip+16]`` and transmission
+    ``t = t[it:it+16]``: ``grad[igr:igr+8] += sigma Im(conj(p) g)``,
+    ``illum[iil:iil+8] += |p|^2`` and ``g = conj(t) g`` (in place). No bounds checks."""
+    _check_arrays(g, p, t, grad, illum)
+    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
+                     types.float32)
+    return sig, _back_slice8_codegen(False)
+
+
+@intrinsic
+def back_slice8_max(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma, mx, imx):
+    """:func:`back_slice8`, and ``mx[imx:imx+8] = max(mx[imx:imx+8], illum[iil:iil+8])``
+    afterwards: a running maximum of the illumination written, lane by lane."""
+    _check_arrays(g, p, t, grad, illum, mx)
+    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
+                     types.float32, mx, types.intp)
+    return sig, _back_slice8_codegen(True)
 
 
 @intrinsic
@@ -844,13 +862,19 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
 
 
 @njit(fastmath=FAST, inline="always")
-def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg):
+def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg, mx, imx):
     """One window row of :func:`back_slice` (``n1`` pixels; 1-D float32 arrays and float
     offsets): ``grad[igr + j] += sigma Im(conj(p) g)``, ``illum[iil + j] += |p|^2`` and
-    ``g = conj(t) g``, eight pixels at a time (:func:`back_slice8`), then the tail."""
+    ``g = conj(t) g``, eight pixels at a time (:func:`back_slice8`), then the tail. With
+    ``imx >= 0`` the eight floats ``mx[imx:imx+8]`` keep a running maximum of the illumination
+    written (:func:`back_slice8_max`)."""
     n8 = n1 - n1 % 8
-    for j in range(0, n8, 8):
-        back_slice8(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg)
+    if imx >= 0:
+        for j in range(0, n8, 8):
+            back_slice8_max(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg, mx, imx)
+    else:
+        for j in range(0, n8, 8):
+            back_slice8(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg)
     for j in range(n8, n1):
         tr = t[it + 2 * j]
         ti = t[it + 2 * j + 1]
@@ -860,6 +884,8 @@ def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg):
         pi = p[ip + 2 * j + 1]
         grad[igr + j] += sg * (pr * gi - pi * gr)      # sigma Im(conj(exit) g)
         illum[iil + j] += pr * pr + pi * pi
+        if imx >= 0:
+            mx[imx] = max(mx[imx], illum[iil + j])
         g[ig + 2 * j] = tr * gr + ti * gi              # conj(T) g
         g[ig + 2 * j + 1] = tr * gi - ti * gr
 
@@ -901,8 +927,9 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
                 i = x - x0
                 row_lo[x] = min(row_lo[x], y0)
                 row_hi[x] = max(row_hi[x], y0 + n1)
-                _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg)
-        for x in range(xa, xe):
+                _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg,
+                             illum[x], -1)
+        for x in range(xa, xe):             # the task's rows, still in cache
             m = np.float32(0.0)
             irow = illum[x]
             for y in range(row_lo[x], row_hi[x]):
@@ -1195,7 +1222,7 @@ def _check_strips(corners, bounds, strips, nx):
 def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc,
                    nb, nz, bounds, strips, group, amplitudes, index, poisson, residual_scale, err, loss, sigma, grad,
                    illum, over_grad, over_illum, probe, gpk, positions, kx, ky, gpos, curvature, projected, hs, wave_k,
-                   dx, dy, pcurv, g3, last3, g_real3, wave_k3, dx3, dy3):
+                   dx, dy, pcurv, g3, last3, g_real3, wave_k3, dx3, dy3, illum_max):
     n0 = probe_k.shape[0]
     m = probe_k.shape[1]
     n1 = m // 2
@@ -1211,6 +1238,7 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
         end = strips[t + 1]                 # rows from here on go to the slot's overhang
         if probe:
             gpk[t] = 0
+        illum_max[t * nz * 8:(t + 1) * nz * 8] = 0
         for start in range(bounds[t], bounds[t + 1], group):
             ng = min(group, bounds[t + 1] - start)
             # forward, slice by slice over the group (its windows share the slice's object rows
@@ -1250,7 +1278,8 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
                         else:
                             gr = over_grad[t, s, x - end]
                             il = over_illum[t, s, x - end]
-                        _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg)
+                        _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg,
+                                     illum_max, (t * nz + s) * 8)
                     if s > 0:
                         _propagate(fn, plan_f, plan_b, g_real, gb, g, gb, hc, g_real, gb, win)
             if not (probe or positions or curvature):
@@ -1268,7 +1297,8 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
 
 
 @njit(parallel=True, cache=True)
-def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over_illum, row_lo, row_hi, row_max):
+def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over_illum, illum_max, row_lo, row_hi,
+                       slice_max, row_max):
     nz, nx, ny = grad.shape
     S = len(strips) - 1
     for x in prange(nx):
@@ -1283,6 +1313,7 @@ def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over
             row_hi[s, x] = hi
             gr = grad[s, x]
             il = illum[s, x]
+            mx = np.float32(0.0)
             for t in range(S - 1):          # the slots' overhangs in slot order
                 r = x - strips[t + 1]
                 if 0 <= r < n0:
@@ -1293,19 +1324,32 @@ def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over
                         il[y] += oi[y]
                         og[y] = 0
                         oi[y] = 0
-            mx = np.float32(0.0)
-            for y in range(lo, hi):
-                mx = max(mx, il[y])
+                        mx = max(mx, il[y])
             row_max[s, x] = mx
+    # each slice's largest illumination: the slots' running maxima (every value a slot wrote
+    # into the maps; the final value of a pixel no overhang reaches is one of them) and the rows
+    # the overhangs were added to
+    for s in range(nz):
+        mx = np.float32(0.0)
+        for t in range(S):
+            for k in range(8):
+                mx = max(mx, illum_max[t, s, k])
+        for x in range(nx):
+            mx = max(mx, row_max[s, x])
+        slice_max[s] = mx
 
 
-def finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, overhang, row_lo, row_hi, row_max):
+def finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, overhang, illum_max, row_lo, row_hi, slice_max,
+                      row_max):
     """After :meth:`CPUBackend.batch_windows`: add the slots' overhangs into ``grad`` and
     ``illum`` in slot order (zeroing them) and write, for every slice, the column span of the
-    windows ``corners[:nb]`` (``n0 x n1`` pixels) in each object row into ``row_lo/row_hi`` and
-    the row's largest illumination into ``row_max``, as :func:`back_slice` does."""
+    windows ``corners[:nb]`` (``n0 x n1`` pixels) in each object row into ``row_lo/row_hi``, as
+    :func:`back_slice` does, and the slice's largest illumination into ``slice_max`` (from the
+    slots' running maxima ``illum_max``, ``(slots, nz, 8)``, and the rows the overhangs reach,
+    whose maxima go into ``row_max``, ``(nz, rows)`` work space), without reading the maps'
+    other rows again."""
     _finish_batch_rows(corners, nb, n0, n1, np.asarray(strips, np.int64), grad, illum, overhang[0], overhang[1],
-                       row_lo, row_hi, row_max)
+                       illum_max, row_lo, row_hi, slice_max, row_max)
 
 
 @njit(parallel=True, cache=True)
@@ -1618,8 +1662,8 @@ class CPUBackend:
 
     @staticmethod
     def batch_windows(plans, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc, bounds,
-                      strips, group, residual, sigma, grad, illum, overhang, probe_grad=None, positions=None,
-                      curvature=None) -> None:
+                      strips, group, residual, sigma, grad, illum, overhang, illum_max, probe_grad=None,
+                      positions=None, curvature=None) -> None:
         """A whole mini-batch in one call, with no Python between the kernels: for each group of
         ``group`` positions, the forward pass of :meth:`forward_pass` slice by slice over the
         group, the detector residual window by window, the backward pass slice by slice over the
@@ -1640,6 +1684,9 @@ class CPUBackend:
         ``overhang = (over_grad, over_illum)``, each ``(slots - 1, nz, n0, ny)`` or more slots, zero on entry;
         :func:`finish_batch_rows` adds those in slot order. Every pixel's sum thus runs in a fixed
         order for a given number of slots (with one slot, the batch order of :func:`back_slice`).
+        ``illum_max[t, s]``, ``(slots, nz, 8)`` float32, receives slot ``t``'s running maximum
+        of every illumination value it wrote in slice ``s`` (eight lanes), so that the slice's
+        largest illumination needs no second pass over the maps.
 
         ``residual = (amplitudes, index, poisson, scale, err, loss)`` as in :func:`residual`;
         ``probe_grad``, optional: ``(slots, n0, n1)`` complex64, slot ``t``'s sum of the probe
@@ -1656,6 +1703,10 @@ class CPUBackend:
                 or nb > min(len(corners), len(rampx), len(err))):
             raise ValueError(f"batch_windows: {S} slots of {group} windows and {nb} positions but fewer windows "
                              "or outputs")
+        if (illum_max.dtype != np.float32 or illum_max.shape[0] < S or illum_max.shape[1:] != (nz, 8)
+                or not illum_max.flags.c_contiguous):
+            raise ValueError(f"batch_windows: illum_max of shape {illum_max.shape}; expected a contiguous float32 "
+                             f"(at least {S}, {nz}, 8)")
         if S > 1 and (over_grad.shape[0] < S - 1 or over_grad.shape[1:] != (nz, n0, grad.shape[2])
                       or over_grad.shape != over_illum.shape):
             raise ValueError(f"batch_windows: overhang of shape {over_grad.shape}; expected (at least {S - 1}, {nz}, "
@@ -1680,7 +1731,7 @@ class CPUBackend:
                        err, loss, sigma, grad, illum, over_grad, over_illum, probe_grad is not None, _f(gpk),
                        positions is not None, kx, ky, gpos, curvature is not None, projected,
                        np.float32(0.5 * sigma), _flat(wave_k), _flat(dx), _flat(dy), pcurv, _f(g),
-                       _f(waves[nz - 1]), _f(g_real), _f(wave_k), _f(dx), _f(dy))
+                       _f(waves[nz - 1]), _f(g_real), _f(wave_k), _f(dx), _f(dy), illum_max.reshape(-1))
 
     @staticmethod
     def propagate_back(plans, g_real, g, hc, nb) -> None:
