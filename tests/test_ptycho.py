@@ -786,6 +786,38 @@ def test_a_batch_in_one_call_gives_the_chunked_result(workers):
     assert not eng.grad.any()
 
 
+def test_transmission_is_exp_i_sigma_v_to_float32_rounding():
+    """The object's transmission, written from the potential eight pixels at a time (Cephes'
+    sine and cosine on eight lanes) and in the rows' tails, is ``exp(i sigma V)`` to float32
+    rounding for phases from 1e-6 to 1e3 rad, whether refreshed whole or followed by the object
+    step (which then writes it without reading it)."""
+    from msptycho.ptycho import kernels_cpu as kc
+    rng = np.random.default_rng(3)
+    sigma = np.float32(SIGMA)
+    # 13 columns: one block of eight and a tail of five in every row
+    V = (rng.choice([1e-6, 1e-2, 1.0, 30.0, 1e3], (3, 40, 13)) * rng.uniform(-1, 1, (3, 40, 13)) / sigma)
+    V = V.astype(np.float32)
+    T = np.zeros(V.shape, np.complex64)
+    kc.refresh_transmission(V, SIGMA, T)
+
+    def exact(v):
+        return np.exp(1j * (sigma * v).astype(np.float64))
+    assert np.abs(T - exact(V)).max() < 2.5e-7
+    # a step in rows 5..30, columns 2..12: V and T follow; grad and illum are zeroed there
+    grad = rng.uniform(-50, 50, V.shape[1:]).astype(np.float32)
+    illum = rng.uniform(0.5, 2.0, V.shape[1:]).astype(np.float32)
+    lo, hi = np.full(40, 13, np.int64), np.zeros(40, np.int64)
+    lo[5:30], hi[5:30] = 2, 13
+    v0, t0 = V[1].copy(), T[1].copy()
+    step = np.where(np.arange(13) >= 2, grad / (illum + 0.1), 0) * (np.arange(40) >= 5)[:, None] * (
+        np.arange(40) < 30)[:, None]
+    kc.update_object(V[1], T[1], grad, illum, lo, hi, 1.0, 0.1, SIGMA)
+    np.testing.assert_allclose(V[1], v0 - step.astype(np.float32), rtol=1e-6, atol=1e-3)
+    assert np.abs(T[1] - exact(V[1])).max() < 2.5e-7
+    np.testing.assert_array_equal(T[1][:5], t0[:5])          # untouched rows keep their values
+    assert not grad[5:30, 2:].any() and not illum[5:30, 2:].any()
+
+
 def test_vectorised_kernels_refuse_windows_outside_the_object():
     """The SIMD kernels read and write without bounds checks, so a window reaching past the
     object is refused before any memory is touched."""

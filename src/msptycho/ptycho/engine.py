@@ -421,7 +421,7 @@ class MultisliceEngine:
                             float(p.tv_epsilon_VA))
         if p.positivity:
             self.be.clip_negative(self.V)
-        # exact exp(i sigma V) once per iteration (the batch updates follow V incrementally)
+        # exp(i sigma V) after the TV step and the clipping (the batch updates write it where they step)
         self.be.refresh_transmission(self.V, self.sigma, self.T)
         if probe_updated:
             amp = self.famp if (p.probe_fourier_amplitude_constraint and self.famp is not None) else None

@@ -59,19 +59,6 @@ def ramps(frac, kx, ky, rampx, rampy):
             rampy[b, j] = np.complex64(complex(math.cos(ph), math.sin(ph)))
 
 
-@njit(parallel=True, cache=True)
-def refresh_transmission(potential, sigma, trans):
-    """``trans = exp(i sigma V)`` for the whole object (complex64; float32 phase)."""
-    nz, nx, ny = potential.shape
-    sg = np.float32(sigma)
-    for sx in prange(nz * nx):
-        s = sx // nx
-        x = sx % nx
-        for y in range(ny):
-            ph = sg * potential[s, x, y]
-            trans[s, x, y] = np.complex64(complex(math.cos(ph), math.sin(ph)))
-
-
 # -- the per-position kernels -----------------------------------------------------------------
 # They work on float32 views of the complex64 arrays (real and imaginary parts interleaved along
 # the last axis), which LLVM vectorises where Numba's complex type is not; the public functions
@@ -81,8 +68,6 @@ def refresh_transmission(potential, sigma, trans):
 # use numpy's error model (no zero check per division, which stops LLVM from vectorising); their
 # denominators are kept away from zero explicitly.
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
-#: Largest per-update phase change (rad) followed by a Taylor series in :func:`update_object`.
-SMALL_PHASE_RAD = 0.05
 
 
 def _f(a: np.ndarray) -> np.ndarray:
@@ -292,6 +277,110 @@ def back_slice8_max(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma
     sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
                      types.float32, mx, types.intp)
     return sig, _back_slice8_codegen(True)
+
+
+# Cephes' single-precision sine and cosine: a three-part Cody-Waite reduction by pi/2 (exact
+# products for |x| below about 1e4 rad), then their polynomials on [-pi/4, pi/4]. No fast-math
+# flags: reassociation would undo the reduction.
+_PIO2 = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)
+_SIN_C = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
+_COS_C = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+_TWO_OVER_PI = 0.63661977236758134
+
+
+@njit
+def _cos_sin(x):
+    """``cos(x), sin(x)`` of a float32 ``x`` (rad), as :func:`cos_sin8` computes each lane.
+    Compiled on its own (not inlined by Numba), so a fast-math caller's flags do not reach it."""
+    q = np.float32(math.floor(x * np.float32(_TWO_OVER_PI) + np.float32(0.5)))
+    r = ((x - q * np.float32(_PIO2[0])) - q * np.float32(_PIO2[1])) - q * np.float32(_PIO2[2])
+    z = r * r
+    sn = r + r * z * (np.float32(_SIN_C[0]) + z * (np.float32(_SIN_C[1]) + z * np.float32(_SIN_C[2])))
+    cs = (np.float32(1.0) - np.float32(0.5) * z
+          + z * z * (np.float32(_COS_C[0]) + z * (np.float32(_COS_C[1]) + z * np.float32(_COS_C[2]))))
+    k = np.int32(q) & np.int32(3)
+    if k & np.int32(1):
+        cs, sn = sn, cs
+    if k == np.int32(1) or k == np.int32(2):
+        cs = -cs
+    if k & np.int32(2):
+        sn = -sn
+    return cs, sn
+
+
+@intrinsic
+def cos_sin8(typingctx, v, iv, sigma, t, it):
+    """``t[it:it+16] = exp(i sigma v[iv:iv+8])``: eight complex numbers, interleaved, from eight
+    phases (Cephes' sine and cosine on eight lanes, as :func:`_cos_sin`). No bounds checks."""
+    _check_arrays(v, t)
+    sig = types.void(v, types.intp, types.float32, t, types.intp)
+
+    def codegen(context, builder, signature, args):
+        v_, iv_, sg, t_, it_ = args
+        ty = signature.args
+        i8 = ir.VectorType(_I32, 8)
+
+        def c(x):
+            return _splat(builder, ir.Constant(ir.FloatType(), x))
+
+        def ci(x):
+            return ir.Constant(i8, [ir.Constant(_I32, x)] * 8)
+        x = builder.fmul(_splat(builder, sg), builder.load(_ptr(context, builder, ty[0], v_, iv_), align=4))
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F8, [_F8]), "llvm.floor.v8f32")
+        q = builder.call(floor, [builder.fadd(builder.fmul(x, c(_TWO_OVER_PI)), c(0.5))])
+        r = x
+        for part in _PIO2:
+            r = builder.fsub(r, builder.fmul(q, c(part)))
+        z = builder.fmul(r, r)
+        ps = builder.fadd(c(_SIN_C[1]), builder.fmul(z, c(_SIN_C[2])))
+        ps = builder.fadd(c(_SIN_C[0]), builder.fmul(z, ps))
+        sn = builder.fadd(r, builder.fmul(builder.fmul(r, z), ps))
+        pc = builder.fadd(c(_COS_C[1]), builder.fmul(z, c(_COS_C[2])))
+        pc = builder.fadd(c(_COS_C[0]), builder.fmul(z, pc))
+        cs = builder.fadd(builder.fsub(c(1.0), builder.fmul(c(0.5), z)), builder.fmul(builder.fmul(z, z), pc))
+        k = builder.and_(builder.fptosi(q, i8), ci(3))
+        odd = builder.icmp_signed("!=", builder.and_(k, ci(1)), ci(0))
+        cs, sn = builder.select(odd, sn, cs), builder.select(odd, cs, sn)
+        neg_c = builder.icmp_signed("!=", builder.and_(builder.add(k, ci(1)), ci(2)), ci(0))
+        neg_s = builder.icmp_signed("!=", builder.and_(k, ci(2)), ci(0))
+        cs = builder.select(neg_c, builder.fsub(c(0.0), cs), cs)
+        sn = builder.select(neg_s, builder.fsub(c(0.0), sn), sn)
+        builder.store(builder.shuffle_vector(cs, sn, _mask(0, 8, 1, 9, 2, 10, 3, 11)),
+                      _ptr(context, builder, ty[3], t_, it_), align=4)
+        builder.store(builder.shuffle_vector(cs, sn, _mask(4, 12, 5, 13, 6, 14, 7, 15)),
+                      _ptr(context, builder, ty[3], t_, it_, 8), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit
+def _transmission_row(v, t, n, sg):
+    """``t = exp(i sg v)`` for the ``n`` floats of the 1-D float32 ``v`` into the interleaved
+    float32 ``t``: eight at a time (:func:`cos_sin8`), then the tail (:func:`_cos_sin`).
+    Compiled on its own, without fast-math: reassociation would undo the argument reduction."""
+    n8 = n - n % 8
+    for y in range(0, n8, 8):
+        cos_sin8(v, y, sg, t, 2 * y)
+    for y in range(n8, n):
+        cs, sn = _cos_sin(sg * v[y])
+        t[2 * y] = cs
+        t[2 * y + 1] = sn
+
+
+@njit(parallel=True, cache=True)
+def _refresh_transmission(potential, sigma, trans):
+    nz, nx, ny = potential.shape
+    sg = np.float32(sigma)
+    for sx in prange(nz * nx):
+        s = sx // nx
+        x = sx % nx
+        _transmission_row(potential[s, x], trans[s, x], ny, sg)
+
+
+def refresh_transmission(potential, sigma, trans):
+    """``trans = exp(i sigma V)`` for the whole object (complex64; float32 phase; Cephes' sine
+    and cosine, :func:`cos_sin8`, as :func:`update_object` computes it)."""
+    _refresh_transmission(potential, sigma, _f(trans))
 
 
 @intrinsic
@@ -962,52 +1051,28 @@ def _update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, s
     sg = np.float32(sigma)
     c = np.float32(coef)
     fl = np.float32(floor)
-    small = np.float32(SMALL_PHASE_RAD)
     for x in prange(potential.shape[0]):
         lo = row_lo[x]
         n = max(row_hi[x] - lo, 0)
         v = potential[x, lo:lo + n]
-        t = trans[x, 2 * lo:2 * (lo + n)]
         g = grad[x, lo:lo + n]
         il = illum[x, lo:lo + n]
         for y in range(n):              # the step, kept in the gradient row
             g[y] = c * g[y] / (il[y] + fl) if il[y] > 0 else np.float32(0.0)
-        big = np.float32(0.0)
         for y in range(n):
             v[y] -= g[y]
-            big = max(big, abs(g[y]))
-        if sg * big >= small:
-            # a large step somewhere in the row: recompute the row's transmission exactly
-            for y in range(n):
-                ph = sg * v[y]
-                t[2 * y] = math.cos(ph)
-                t[2 * y + 1] = math.sin(ph)
-        else:
-            for y in range(n):
-                # T *= exp(-i sigma d) by its Taylor series (exact to float32 for |sigma d| < SMALL)
-                e = -sg * g[y]
-                e2 = e * e
-                er = np.float32(1.0) - e2 * (np.float32(0.5) - e2 * np.float32(1.0 / 24))
-                ei = e * (np.float32(1.0) - e2 * (np.float32(1.0 / 6) - e2 * np.float32(1.0 / 120)))
-                tr = t[2 * y]
-                ti = t[2 * y + 1]
-                t[2 * y] = tr * er - ti * ei
-                t[2 * y + 1] = tr * ei + ti * er
+        # the row's transmission from its potential: written, never read
+        _transmission_row(v, trans[x, 2 * lo:2 * (lo + n)], n, sg)
         for y in range(n):
             g[y] = 0
             il[y] = 0
 
 
 def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
-    """``V -= coef * grad / (illum + floor)`` over the touched pixels, follow it in ``trans =
-    exp(i sigma V)`` and zero ``grad``/``illum`` (ready for the next batch).
-
-    ``trans`` is multiplied by ``exp(-i sigma dV)``, evaluated by its Taylor series to fifth order
-    (error below ``|sigma dV|^6 / 720``, i.e. under float32 resolution for steps smaller than
-    ``SMALL_PHASE_RAD``) instead of a sine and cosine per pixel; a row with a larger step is
-    recomputed exactly. The float32 rounding this accumulates (about 1e-7 per update) is removed
-    by the exact refresh the engine makes at the end of every iteration.
-    """
+    """``V -= coef * grad / (illum + floor)`` over the touched pixels, ``trans = exp(i sigma V)``
+    there (:func:`cos_sin8`: eight pixels' sine and cosine at a time, so the transmission is
+    written from the potential without being read), and zero ``grad``/``illum`` (ready for the
+    next batch)."""
     _update_object(potential, _f(trans), grad, illum, row_lo, row_hi, coef, floor, sigma)
 
 
