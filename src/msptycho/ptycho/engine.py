@@ -132,8 +132,8 @@ class MultisliceEngine:
             self.gPk_slots = be.zeros((self.slots, n, n), np.complex64)
             over = (self.slots - 1, nz, n, self.obj_shape[1]) if self.slots > 1 else (1, 1, 1, 1)
             self.overhang = (be.zeros(over, np.float32), be.zeros(over, np.float32))
-            # each slot's running maximum of the illumination it wrote, and each slice's maximum
-            self.illum_max = be.zeros((self.slots, nz, 8), np.float32)
+            # each slot's largest illumination written in each slice, and each slice's largest
+            self.illum_max = be.zeros((self.slots, nz), np.float32)
             self.slice_max = be.zeros(nz, np.float32)
         elif C < B:   # a later chunk's touched rows, merged into the slice's
             self.chunk_rows = (be.zeros(self.obj_shape[0], np.int64), be.zeros(self.obj_shape[0], np.int64),

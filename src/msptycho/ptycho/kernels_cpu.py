@@ -224,9 +224,18 @@ def cmul4(typingctx, out, io, a, ia, b, ib):
     return sig, codegen
 
 
-def _back_slice8_codegen(track):
+@intrinsic
+def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
+    """Eight pixels of :func:`back_slice`: with the interleaved
+    complex ``g = g[ig:ig+16]``, exit wave ``p = p[ip:ip+16]`` and transmission
+    ``t = t[it:it+16]``: ``grad[igr:igr+8] += sigma Im(conj(p) g)``,
+    ``illum[iil:iil+8] += |p|^2`` and ``g = conj(t) g`` (in place). No bounds checks."""
+    _check_arrays(g, p, t, grad, illum)
+    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
+                     types.float32)
+
     def codegen(context, builder, signature, args):
-        g_, ig_, p_, ip_, t_, it_, gr_, igr_, il_, iil_, sg = args[:11]
+        g_, ig_, p_, ip_, t_, it_, gr_, igr_, il_, iil_, sg = args
         ty = signature.args
         und = ir.Constant(_F8, ir.Undefined)
         gptr = [_ptr(context, builder, ty[0], g_, ig_, k) for k in (0, 8)]
@@ -245,38 +254,11 @@ def _back_slice8_codegen(track):
         ilp = _ptr(context, builder, ty[8], il_, iil_)
         builder.store(builder.fadd(builder.load(grp, align=4), builder.fmul(sgv, im, flags=_FAST), flags=_FAST),
                       grp, align=4)
-        il = builder.fadd(builder.load(ilp, align=4), il, flags=_FAST)
-        builder.store(il, ilp, align=4)
-        if track:
-            mxp = _ptr(context, builder, ty[11], args[11], args[12])
-            mxv = builder.load(mxp, align=4)
-            builder.store(builder.select(builder.fcmp_ordered(">", il, mxv), il, mxv), mxp, align=4)
+        builder.store(builder.fadd(builder.load(ilp, align=4), il, flags=_FAST), ilp, align=4)
         for k in (0, 1):
             builder.store(_cmul(builder, gv[k], tv[k], True), gptr[k], align=4)
         return context.get_dummy_value()
-    return codegen
-
-
-@intrinsic
-def back_slice8(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma):
-    """Eight pixels of :func:`back_slice`: with the interleaved
-    complex ``g = g[ig:ig+16]``, exit wave ``p = p[ip:ip+16]`` and transmission
-    ``t = t[it:it+16]``: ``grad[igr:igr+8] += sigma Im(conj(p) g)``,
-    ``illum[iil:iil+8] += |p|^2`` and ``g = conj(t) g`` (in place). No bounds checks."""
-    _check_arrays(g, p, t, grad, illum)
-    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
-                     types.float32)
-    return sig, _back_slice8_codegen(False)
-
-
-@intrinsic
-def back_slice8_max(typingctx, g, ig, p, ip, t, it, grad, igr, illum, iil, sigma, mx, imx):
-    """:func:`back_slice8`, and ``mx[imx:imx+8] = max(mx[imx:imx+8], illum[iil:iil+8])``
-    afterwards: a running maximum of the illumination written, lane by lane."""
-    _check_arrays(g, p, t, grad, illum, mx)
-    sig = types.void(g, types.intp, p, types.intp, t, types.intp, grad, types.intp, illum, types.intp,
-                     types.float32, mx, types.intp)
-    return sig, _back_slice8_codegen(True)
+    return sig, codegen
 
 
 # Cephes' single-precision sine and cosine: a three-part Cody-Waite reduction by pi/2 (exact
@@ -410,6 +392,32 @@ def _blocks(builder, nblocks, body, nacc):
         for acc, v in zip(accs, body(loop.index)):
             builder.store(builder.fadd(builder.load(acc), v, flags=_FAST), acc)
     return [_hsum(builder, builder.load(acc)) for acc in accs]
+
+
+@intrinsic
+def max_blocks(typingctx, a, ia, nblocks):
+    """The largest of ``a[ia:ia+8 nblocks]`` and 0 (float32; the 1-D float32 ``a``): a vector
+    maximum in a register over the blocks, one horizontal maximum at the end. No bounds checks."""
+    _check_arrays(a)
+    sig = types.float32(a, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        a_, ia_, nb_ = args
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F8, [ir.Constant(ir.FloatType(), 0.0)] * 8))
+        with cgutils.for_range(builder, nb_) as loop:
+            v = builder.load(_ptr(context, builder, signature.args[0], a_, _at(builder, ia_, loop.index, 8)),
+                             align=4)
+            m = builder.load(acc)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, m), v, m), acc)
+        und, und4 = ir.Constant(_F8, ir.Undefined), ir.Constant(_F4, ir.Undefined)
+        m = builder.load(acc)
+        lo, hi = builder.shuffle_vector(m, und, _mask(0, 1, 2, 3)), builder.shuffle_vector(m, und, _mask(4, 5, 6, 7))
+        m = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        lo, hi = builder.shuffle_vector(m, und4, _mask(0, 1)), builder.shuffle_vector(m, und4, _mask(2, 3))
+        m = builder.select(builder.fcmp_ordered(">", lo, hi), lo, hi)
+        x, y = (builder.extract_element(m, ir.Constant(_I32, k)) for k in (0, 1))
+        return builder.select(builder.fcmp_ordered(">", x, y), x, y)
+    return sig, codegen
 
 
 def _at(builder, base, k, stride):
@@ -951,19 +959,13 @@ def residual(wave_k, amplitudes, index, poisson, scale, err, loss):
 
 
 @njit(fastmath=FAST, inline="always")
-def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg, mx, imx):
+def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg):
     """One window row of :func:`back_slice` (``n1`` pixels; 1-D float32 arrays and float
     offsets): ``grad[igr + j] += sigma Im(conj(p) g)``, ``illum[iil + j] += |p|^2`` and
-    ``g = conj(t) g``, eight pixels at a time (:func:`back_slice8`), then the tail. With
-    ``imx >= 0`` the eight floats ``mx[imx:imx+8]`` keep a running maximum of the illumination
-    written (:func:`back_slice8_max`)."""
+    ``g = conj(t) g``, eight pixels at a time (:func:`back_slice8`), then the tail."""
     n8 = n1 - n1 % 8
-    if imx >= 0:
-        for j in range(0, n8, 8):
-            back_slice8_max(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg, mx, imx)
-    else:
-        for j in range(0, n8, 8):
-            back_slice8(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg)
+    for j in range(0, n8, 8):
+        back_slice8(g, ig + 2 * j, p, ip + 2 * j, t, it + 2 * j, grad, igr + j, illum, iil + j, sg)
     for j in range(n8, n1):
         tr = t[it + 2 * j]
         ti = t[it + 2 * j + 1]
@@ -973,8 +975,6 @@ def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg, mx, imx):
         pi = p[ip + 2 * j + 1]
         grad[igr + j] += sg * (pr * gi - pi * gr)      # sigma Im(conj(exit) g)
         illum[iil + j] += pr * pr + pi * pi
-        if imx >= 0:
-            mx[imx] = max(mx[imx], illum[iil + j])
         g[ig + 2 * j] = tr * gr + ti * gi              # conj(T) g
         g[ig + 2 * j + 1] = tr * gi - ti * gr
 
@@ -1016,9 +1016,8 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
                 i = x - x0
                 row_lo[x] = min(row_lo[x], y0)
                 row_hi[x] = max(row_hi[x], y0 + n1)
-                _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg,
-                             illum[x], -1)
-        for x in range(xa, xe):             # the task's rows, still in cache
+                _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg)
+        for x in range(xa, xe):
             m = np.float32(0.0)
             irow = illum[x]
             for y in range(row_lo[x], row_hi[x]):
@@ -1303,7 +1302,7 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
         end = strips[t + 1]                 # rows from here on go to the slot's overhang
         if probe:
             gpk[t] = 0
-        illum_max[t * nz * 8:(t + 1) * nz * 8] = 0
+        illum_max[t * nz:(t + 1) * nz] = 0
         for start in range(bounds[t], bounds[t + 1], group):
             ng = min(group, bounds[t + 1] - start)
             # forward, slice by slice over the group (its windows share the slice's object rows
@@ -1328,6 +1327,7 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
             # rows in cache): scatter the potential gradient, back through the transmission and
             # the propagator
             for s in range(nz - 1, -1, -1):
+                top = illum_max[t * nz + s]     # the slot's largest illumination in the slice
                 for k in range(ng):
                     b = start + k
                     w = t * group + k
@@ -1343,10 +1343,15 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
                         else:
                             gr = over_grad[t, s, x - end]
                             il = over_illum[t, s, x - end]
-                        _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg,
-                                     illum_max, (t * nz + s) * 8)
+                        _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg)
+                        # the row's largest illumination, read while in cache (every value the slot
+                        # wrote is seen, its last one included)
+                        top = max(top, max_blocks(il, y0, n1 // 8))
+                        for j in range(y0 + n1 - n1 % 8, y0 + n1):
+                            top = max(top, il[j])
                     if s > 0:
                         _propagate(fn, plan_f, plan_b, g_real, gb, g, gb, hc, g_real, gb, win)
+                illum_max[t * nz + s] = top
             if not (probe or positions or curvature):
                 continue
             # the incident wave's gradient in Fourier space: probe and position gradients, and
@@ -1391,14 +1396,13 @@ def _finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, over_grad, over
                         oi[y] = 0
                         mx = max(mx, il[y])
             row_max[s, x] = mx
-    # each slice's largest illumination: the slots' running maxima (every value a slot wrote
+    # each slice's largest illumination: the slots' maxima (of every value a slot wrote
     # into the maps; the final value of a pixel no overhang reaches is one of them) and the rows
     # the overhangs were added to
     for s in range(nz):
         mx = np.float32(0.0)
         for t in range(S):
-            for k in range(8):
-                mx = max(mx, illum_max[t, s, k])
+            mx = max(mx, illum_max[t, s])
         for x in range(nx):
             mx = max(mx, row_max[s, x])
         slice_max[s] = mx
@@ -1410,7 +1414,7 @@ def finish_batch_rows(corners, nb, n0, n1, strips, grad, illum, overhang, illum_
     ``illum`` in slot order (zeroing them) and write, for every slice, the column span of the
     windows ``corners[:nb]`` (``n0 x n1`` pixels) in each object row into ``row_lo/row_hi``, as
     :func:`back_slice` does, and the slice's largest illumination into ``slice_max`` (from the
-    slots' running maxima ``illum_max``, ``(slots, nz, 8)``, and the rows the overhangs reach,
+    slots' maxima ``illum_max``, ``(slots, nz)``, and the rows the overhangs reach,
     whose maxima go into ``row_max``, ``(nz, rows)`` work space), without reading the maps'
     other rows again."""
     _finish_batch_rows(corners, nb, n0, n1, np.asarray(strips, np.int64), grad, illum, overhang[0], overhang[1],
@@ -1749,9 +1753,9 @@ class CPUBackend:
         ``overhang = (over_grad, over_illum)``, each ``(slots - 1, nz, n0, ny)`` or more slots, zero on entry;
         :func:`finish_batch_rows` adds those in slot order. Every pixel's sum thus runs in a fixed
         order for a given number of slots (with one slot, the batch order of :func:`back_slice`).
-        ``illum_max[t, s]``, ``(slots, nz, 8)`` float32, receives slot ``t``'s running maximum
-        of every illumination value it wrote in slice ``s`` (eight lanes), so that the slice's
-        largest illumination needs no second pass over the maps.
+        ``illum_max[t, s]``, ``(slots, nz)`` float32, receives the largest illumination value
+        slot ``t`` wrote in slice ``s`` (each row read back while in cache), so that the
+        slice's largest illumination needs no second pass over the maps.
 
         ``residual = (amplitudes, index, poisson, scale, err, loss)`` as in :func:`residual`;
         ``probe_grad``, optional: ``(slots, n0, n1)`` complex64, slot ``t``'s sum of the probe
@@ -1768,10 +1772,10 @@ class CPUBackend:
                 or nb > min(len(corners), len(rampx), len(err))):
             raise ValueError(f"batch_windows: {S} slots of {group} windows and {nb} positions but fewer windows "
                              "or outputs")
-        if (illum_max.dtype != np.float32 or illum_max.shape[0] < S or illum_max.shape[1:] != (nz, 8)
+        if (illum_max.dtype != np.float32 or illum_max.shape[0] < S or illum_max.shape[1:] != (nz,)
                 or not illum_max.flags.c_contiguous):
             raise ValueError(f"batch_windows: illum_max of shape {illum_max.shape}; expected a contiguous float32 "
-                             f"(at least {S}, {nz}, 8)")
+                             f"(at least {S}, {nz})")
         if S > 1 and (over_grad.shape[0] < S - 1 or over_grad.shape[1:] != (nz, n0, grad.shape[2])
                       or over_grad.shape != over_illum.shape):
             raise ValueError(f"batch_windows: overhang of shape {over_grad.shape}; expected (at least {S - 1}, {nz}, "
