@@ -760,6 +760,15 @@ def test_a_batch_in_one_call_gives_the_chunked_result(workers):
     # each slice's largest illumination (the object step's floor), without a second pass
     np.testing.assert_allclose(ref.rowmax.max(axis=1), eng.slice_max, rtol=1e-5)
     assert not eng.overhang[0].any() and not eng.overhang[1].any()
+    # prefetching rows ahead changes no bit
+    gc = {}
+    prefetch, kc.PREFETCH_ROWS = kc.PREFETCH_ROWS, 0
+    try:
+        eng.batch(idx, gradients=gc)
+    finally:
+        kc.PREFETCH_ROWS = prefetch
+    for k in ("object", "probe", "positions"):
+        np.testing.assert_array_equal(gb[k], gc[k])
     # a batch of fewer positions than slots (as the last of an iteration may be)
     ga, gb = {}, {}
     ref.batch(idx[:3], gradients=ga)
