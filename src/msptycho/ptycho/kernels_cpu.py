@@ -1017,7 +1017,7 @@ def _scatter_row(g, ig, p, ip, t, it, grad, igr, illum, iil, n1, sg):
 
 #: Rows ahead at which :meth:`CPUBackend.batch_windows` prefetches a window's transmission,
 #: gradient and illumination rows: 0.93-0.97x the time per batch at paper scale on the 2-core VM
-#: (same-process A/B, three runs of 4-6 rounds); 2 to 8 rows were alike.
+#: (same-process A/B, four runs of 4-6 rounds); 2 to 8 rows were alike.
 PREFETCH_ROWS = 2
 
 #: Object rows per task of :func:`back_slice`: a task walks its rows of each window in turn.
