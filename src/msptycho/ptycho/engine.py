@@ -127,14 +127,14 @@ class MultisliceEngine:
         self.row_lo = be.zeros((nz, self.obj_shape[0]), np.int64)
         self.row_hi = be.zeros((nz, self.obj_shape[0]), np.int64)
         self.rowmax = be.zeros((nz, self.obj_shape[0]), np.float32)
+        self.slice_max = be.zeros(nz, np.float32)    # each slice's largest illumination (the step's floor)
         if self.slots:
             # each slot's probe gradient, and its rows beyond its strip of the object
             self.gPk_slots = be.zeros((self.slots, n, n), np.complex64)
             over = (self.slots - 1, nz, n, self.obj_shape[1]) if self.slots > 1 else (1, 1, 1, 1)
             self.overhang = (be.zeros(over, np.float32), be.zeros(over, np.float32))
-            # each slot's largest illumination written in each slice, and each slice's largest
+            # each slot's largest illumination written in each slice
             self.illum_max = be.zeros((self.slots, nz), np.float32)
-            self.slice_max = be.zeros(nz, np.float32)
         elif C < B:   # a later chunk's touched rows, merged into the slice's
             self.chunk_rows = (be.zeros(self.obj_shape[0], np.int64), be.zeros(self.obj_shape[0], np.int64),
                                be.zeros(self.obj_shape[0], np.float32))
@@ -284,8 +284,7 @@ class MultisliceEngine:
             return err, loss
         coef = self.p.step_size * self.step_scale / (2 * self.sigma**2 * nz * self.curv)
         for s in range(nz):
-            top = self.slice_max[s] if self.slots else self.rowmax[s].max()
-            floor = self.p.illumination_regularization_fraction * float(top)
+            floor = self.p.illumination_regularization_fraction * float(self.slice_max[s])
             K.update_object(self.V[s], self.T[s], self.grad[s], self.illum[s], self.row_lo[s], self.row_hi[s],
                             coef if update_object else 0.0, floor, self.sigma)
         if update_positions:
@@ -350,6 +349,7 @@ class MultisliceEngine:
                 be.fft2(g, out=self.dX[:m])
                 be.fft2(g_real, out=self.dY[:m])
                 K.position_curvature(self.wave_k, self.dX, self.dY, m, self.pcurv[c0:c0 + m])
+        self.rowmax.max(axis=1, out=self.slice_max)     # each slice's largest illumination
 
     def _batch_windows(self, idx, bounds, mode, need_probe, need_pos, curvature):
         """The batch ``idx`` through :meth:`CPUBackend.batch_windows`, slot ``t`` taking the

@@ -737,6 +737,17 @@ def _product(a, ia, b, ib, m):
 
 
 @njit(inline="always")
+def _row_max(a, lo, hi):
+    """The largest of ``a[lo:hi]`` and 0 (1-D float32): eight at a time (:func:`max_blocks`),
+    then the tail."""
+    n = max(hi - lo, 0)
+    m = max_blocks(a, lo, n // 8)
+    for j in range(lo + n - n % 8, hi):
+        m = max(m, a[j])
+    return m
+
+
+@njit(inline="always")
 def _prefetch_row(a, lo, hi):
     """Prefetch floats ``lo:hi`` of the 1-D float32 ``a``, a 64-byte line at a time."""
     for j in range(lo, hi, 16):
@@ -1058,12 +1069,8 @@ def _back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, ro
                 row_lo[x] = min(row_lo[x], y0)
                 row_hi[x] = max(row_hi[x], y0 + n1)
                 _scatter_row(g[b, i], 0, exit_wave[b, i], 0, trans[x], 2 * y0, grad[x], y0, illum[x], y0, n1, sg)
-        for x in range(xa, xe):
-            m = np.float32(0.0)
-            irow = illum[x]
-            for y in range(row_lo[x], row_hi[x]):
-                m = max(m, irow[y])
-            row_max[x] = m
+        for x in range(xa, xe):             # the task's rows, still in cache
+            row_max[x] = _row_max(illum[x], row_lo[x], row_hi[x])
 
 
 def back_slice(g, exit_wave, trans, corners, nb, sigma, grad, illum, row_lo, row_hi, row_max):
@@ -1391,9 +1398,7 @@ def _batch_windows(fn, plan_f, plan_b, probe_k, rampx, rampy, incident_scale, wa
                         _scatter_row(g_real, gb + i * m, waves, wb + i * m, trans[s, x], 2 * y0, gr, y0, il, y0, n1, sg)
                         # the row's largest illumination, read while in cache (every value the slot
                         # wrote is seen, its last one included)
-                        top = max(top, max_blocks(il, y0, n1 // 8))
-                        for j in range(y0 + n1 - n1 % 8, y0 + n1):
-                            top = max(top, il[j])
+                        top = max(top, _row_max(il, y0, y0 + n1))
                     if s > 0:
                         _propagate(fn, plan_f, plan_b, g_real, gb, g, gb, hc, g_real, gb, win)
                 illum_max[t * nz + s] = top
@@ -1777,7 +1782,7 @@ class CPUBackend:
     @staticmethod
     def batch_windows(plans, probe_k, rampx, rampy, incident_scale, waves, g, g_real, trans, corners, h, hc, bounds,
                       strips, group, residual, sigma, grad, illum, overhang, illum_max, probe_grad=None,
-                      positions=None, curvature=None, prefetch_rows=None) -> None:
+                      positions=None, curvature=None) -> None:
         """A whole mini-batch in one call, with no Python between the kernels: for each group of
         ``group`` positions, the forward pass of :meth:`forward_pass` slice by slice over the
         group, the detector residual window by window, the backward pass slice by slice over the
@@ -1803,8 +1808,7 @@ class CPUBackend:
         slice's largest illumination needs no second pass over the maps.
 
         The transmission, gradient and illumination rows of a window are prefetched
-        ``prefetch_rows`` rows ahead (default :data:`PREFETCH_ROWS`; 0: none) in the forward
-        product and the scatter.
+        :data:`PREFETCH_ROWS` rows ahead (0: none) in the forward product and the scatter.
 
         ``residual = (amplitudes, index, poisson, scale, err, loss)`` as in :func:`residual`;
         ``probe_grad``, optional: ``(slots, n0, n1)`` complex64, slot ``t``'s sum of the probe
@@ -1850,7 +1854,7 @@ class CPUBackend:
                        positions is not None, kx, ky, gpos, curvature is not None, projected,
                        np.float32(0.5 * sigma), _flat(wave_k), _flat(dx), _flat(dy), pcurv, _f(g),
                        _f(waves[nz - 1]), _f(g_real), _f(wave_k), _f(dx), _f(dy), illum_max.reshape(-1),
-                       PREFETCH_ROWS if prefetch_rows is None else prefetch_rows)
+                       PREFETCH_ROWS)
 
     @staticmethod
     def propagate_back(plans, g_real, g, hc, nb) -> None:
