@@ -828,6 +828,38 @@ def test_transmission_is_exp_i_sigma_v_to_float32_rounding():
     assert not grad[5:30, 2:].any() and not illum[5:30, 2:].any()
 
 
+def test_object_step_skips_only_what_nothing_reached():
+    """The object step, eight pixels at a time, against its definition: where the illumination is
+    positive ``V -= coef grad / (illum + floor)``; elsewhere ``V`` keeps its value, also in blocks
+    of eight that no window reached (skipped) and in lit blocks' unlit pixels; the transmission is
+    ``exp(i sigma V)`` everywhere and both maps are zero in the span afterwards, NaN included."""
+    from msptycho.ptycho import kernels_cpu as kc
+    rng = np.random.default_rng(4)
+    nx, ny = 24, 45                        # five blocks of eight and a tail of five per row
+    V = rng.uniform(-20, 20, (nx, ny)).astype(np.float32)
+    T = np.zeros(V.shape, np.complex64)
+    kc.refresh_transmission(V[None], SIGMA, T[None])
+    grad = rng.uniform(-5, 5, V.shape).astype(np.float32)
+    illum = rng.uniform(0.5, 2.0, V.shape).astype(np.float32)
+    lo, hi = np.full(nx, 3, np.int64), np.full(nx, 43, np.int64)
+    illum[:, 3:11] = grad[:, 3:11] = 0     # a block of eight that nothing reached: skipped
+    illum[:, 11:19] = 0                    # a block with a gradient but no light: step 0, cleared
+    illum[::3, 20] = 0                     # single unlit pixels inside lit blocks
+    illum[5, 30] = np.nan                  # a broken pixel: no step, still cleared
+    v0, g0, i0 = V.copy(), grad.copy(), illum.copy()
+    coef, floor = np.float32(0.7), np.float32(0.1)
+    kc.update_object(V, T, grad, illum, lo, hi, coef, floor, SIGMA)
+    cols = np.zeros(ny, bool)
+    cols[3:43] = True
+    lit = (i0 > 0) & cols[None, :]
+    expect = np.where(lit, v0 - coef * g0 / (i0 + floor), v0).astype(np.float32)
+    np.testing.assert_allclose(V, expect, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(V[~lit], v0[~lit])
+    assert np.abs(T - np.exp(1j * (np.float32(SIGMA) * V).astype(np.float64))).max() < 2.5e-7
+    assert not grad[:, cols].any() and not np.isnan(illum).any() and not illum[:, cols].any()
+    np.testing.assert_array_equal(grad[:, ~cols], g0[:, ~cols])   # outside the span: untouched
+
+
 def test_vectorised_kernels_refuse_windows_outside_the_object():
     """The SIMD kernels read and write without bounds checks, so a window reaching past the
     object is refused before any memory is touched."""

@@ -364,6 +364,45 @@ def cos_sin1(typingctx, v, iv, sigma, t, it):
     return sig, codegen
 
 
+@intrinsic
+def object_step8(typingctx, v, iv, g, ig, il, iil, t, it, coef, floor, sigma):
+    """One object step on eight pixels, each array read and written once: ``v -= coef g / (il +
+    floor)`` where ``il > 0`` (the potential ``v`` at ``iv``, its gradient ``g`` at ``ig`` and
+    illumination ``il`` at ``iil``), ``t[it:it+16] = exp(i sigma v)`` (interleaved, as
+    :func:`cos_sin8`), ``g = il = 0``. A block whose gradient and illumination are all zero is
+    left as it is (nothing reached it, so its potential, and the transmission that follows it,
+    are unchanged). No bounds checks."""
+    _check_arrays(v, g, il, t)
+    sig = types.void(v, types.intp, g, types.intp, il, types.intp, t, types.intp, types.float32, types.float32,
+                     types.float32)
+
+    def codegen(context, builder, signature, args):
+        v_, iv_, g_, ig_, il_, iil_, t_, it_, c_, fl_, sg_ = args
+        ty = signature.args
+        pil, pg = _ptr(context, builder, ty[4], il_, iil_), _ptr(context, builder, ty[2], g_, ig_)
+        vil, vg = builder.load(pil, align=4), builder.load(pg, align=4)
+        zero = _const8(0.0)
+        # a lane of either map not exactly zero (NaN included): the maps are cleared wherever
+        # anything was written into them
+        touched = builder.bitcast(builder.or_(builder.fcmp_unordered("!=", vil, zero),
+                                              builder.fcmp_unordered("!=", vg, zero)), ir.IntType(8))
+        with builder.if_then(builder.icmp_unsigned("!=", touched, ir.Constant(ir.IntType(8), 0)), likely=True):
+            pv = _ptr(context, builder, ty[0], v_, iv_)
+            step = builder.fdiv(builder.fmul(_splat(builder, c_), vg), builder.fadd(vil, _splat(builder, fl_)))
+            step = builder.select(builder.fcmp_ordered(">", vil, zero), step, zero)
+            nv = builder.fsub(builder.load(pv, align=4), step)
+            builder.store(nv, pv, align=4)
+            cs, sn = _cos_sin_ir(builder, builder.fmul(_splat(builder, sg_), nv), 8)
+            builder.store(builder.shuffle_vector(cs, sn, _mask(0, 8, 1, 9, 2, 10, 3, 11)),
+                          _ptr(context, builder, ty[6], t_, it_), align=4)
+            builder.store(builder.shuffle_vector(cs, sn, _mask(4, 12, 5, 13, 6, 14, 7, 15)),
+                          _ptr(context, builder, ty[6], t_, it_, 8), align=4)
+            builder.store(zero, pg, align=4)
+            builder.store(zero, pil, align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @njit(inline="always")
 def _transmission_row(v, t, n, sg):
     """``t = exp(i sg v)`` for the ``n`` floats of the 1-D float32 ``v`` into the interleaved
@@ -1104,22 +1143,26 @@ def _update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, s
         v = potential[x, lo:lo + n]
         g = grad[x, lo:lo + n]
         il = illum[x, lo:lo + n]
-        for y in range(n):              # the step, kept in the gradient row
-            g[y] = c * g[y] / (il[y] + fl) if il[y] > 0 else np.float32(0.0)
-        for y in range(n):
-            v[y] -= g[y]
-        # the row's transmission from its potential: written, never read
-        _transmission_row(v, trans[x, 2 * lo:2 * (lo + n)], n, sg)
-        for y in range(n):
+        t = trans[x, 2 * lo:2 * (lo + n)]
+        n8 = n - n % 8
+        for y in range(0, n8, 8):       # eight pixels at a time, each array touched once
+            object_step8(v, y, g, y, il, y, t, 2 * y, c, fl, sg)
+        for y in range(n8, n):
+            if il[y] > 0:
+                v[y] -= c * g[y] / (il[y] + fl)
+            cos_sin1(v, y, sg, t, 2 * y)
             g[y] = 0
             il[y] = 0
 
 
 def update_object(potential, trans, grad, illum, row_lo, row_hi, coef, floor, sigma):
-    """``V -= coef * grad / (illum + floor)`` over the touched pixels, ``trans = exp(i sigma V)``
-    there (:func:`cos_sin8`: eight pixels' sine and cosine at a time, so the transmission is
-    written from the potential without being read), and zero ``grad``/``illum`` (ready for the
-    next batch)."""
+    """``V -= coef * grad / (illum + floor)`` where ``illum > 0`` in the touched column span of
+    each row, ``trans = exp(i sigma V)`` there (Cephes' sine and cosine, as
+    :func:`refresh_transmission`: the transmission is written from the potential without being
+    read), and zero ``grad``/``illum`` (ready for the next batch). Eight pixels at a time
+    (:func:`object_step8`, every array read and written once), then the row's tail. Blocks of
+    eight whose gradient and illumination are all zero are skipped: ``trans`` must follow ``V``
+    on entry, as the engine keeps it."""
     _update_object(potential, _f(trans), grad, illum, row_lo, row_hi, coef, floor, sigma)
 
 
