@@ -325,6 +325,15 @@ def _cos_sin_ir(builder, x, lanes):
             builder.select(neg_s, builder.fsub(c(0.0), sn), sn))
 
 
+def _store_complex(context, builder, arrty, t, it, re, im):
+    """Store eight complex numbers, real parts ``re`` and imaginary parts ``im`` (<8 x float>
+    each), interleaved into ``t[it:it+16]``."""
+    builder.store(builder.shuffle_vector(re, im, _mask(0, 8, 1, 9, 2, 10, 3, 11)),
+                  _ptr(context, builder, arrty, t, it), align=4)
+    builder.store(builder.shuffle_vector(re, im, _mask(4, 12, 5, 13, 6, 14, 7, 15)),
+                  _ptr(context, builder, arrty, t, it, 8), align=4)
+
+
 @intrinsic
 def cos_sin8(typingctx, v, iv, sigma, t, it):
     """``t[it:it+16] = exp(i sigma v[iv:iv+8])``: eight complex numbers, interleaved, from eight
@@ -336,11 +345,7 @@ def cos_sin8(typingctx, v, iv, sigma, t, it):
         v_, iv_, sg, t_, it_ = args
         ty = signature.args
         x = builder.fmul(_splat(builder, sg), builder.load(_ptr(context, builder, ty[0], v_, iv_), align=4))
-        cs, sn = _cos_sin_ir(builder, x, 8)
-        builder.store(builder.shuffle_vector(cs, sn, _mask(0, 8, 1, 9, 2, 10, 3, 11)),
-                      _ptr(context, builder, ty[3], t_, it_), align=4)
-        builder.store(builder.shuffle_vector(cs, sn, _mask(4, 12, 5, 13, 6, 14, 7, 15)),
-                      _ptr(context, builder, ty[3], t_, it_, 8), align=4)
+        _store_complex(context, builder, ty[3], t_, it_, *_cos_sin_ir(builder, x, 8))
         return context.get_dummy_value()
     return sig, codegen
 
@@ -392,11 +397,8 @@ def object_step8(typingctx, v, iv, g, ig, il, iil, t, it, coef, floor, sigma):
             step = builder.select(builder.fcmp_ordered(">", vil, zero), step, zero)
             nv = builder.fsub(builder.load(pv, align=4), step)
             builder.store(nv, pv, align=4)
-            cs, sn = _cos_sin_ir(builder, builder.fmul(_splat(builder, sg_), nv), 8)
-            builder.store(builder.shuffle_vector(cs, sn, _mask(0, 8, 1, 9, 2, 10, 3, 11)),
-                          _ptr(context, builder, ty[6], t_, it_), align=4)
-            builder.store(builder.shuffle_vector(cs, sn, _mask(4, 12, 5, 13, 6, 14, 7, 15)),
-                          _ptr(context, builder, ty[6], t_, it_, 8), align=4)
+            phase = builder.fmul(_splat(builder, sg_), nv)
+            _store_complex(context, builder, ty[6], t_, it_, *_cos_sin_ir(builder, phase, 8))
             builder.store(zero, pg, align=4)
             builder.store(zero, pil, align=4)
         return context.get_dummy_value()
