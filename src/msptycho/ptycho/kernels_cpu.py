@@ -428,7 +428,7 @@ def _refresh_transmission(potential, sigma, trans):
 
 def refresh_transmission(potential, sigma, trans):
     """``trans = exp(i sigma V)`` for the whole object (complex64; float32 phase; Cephes' sine
-    and cosine, :func:`cos_sin8`, as :func:`update_object` computes it)."""
+    and cosine, :func:`cos_sin8`: the polynomials :func:`update_object` writes it with)."""
     _refresh_transmission(potential, sigma, _f(trans))
 
 
@@ -453,7 +453,7 @@ def _blocks(builder, nblocks, body, nacc):
     """Emit ``for k in range(nblocks): acc += body(k)`` with ``nacc`` <8 x float> accumulators
     (``body`` returns one vector for each); returns each accumulator's lane sum (a float). The
     accumulators live in registers, so a row costs one horizontal sum, not one per block."""
-    zero = ir.Constant(_F8, [ir.Constant(ir.FloatType(), 0.0)] * 8)
+    zero = _const8(0.0)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(nacc)]
     with cgutils.for_range(builder, nblocks) as loop:
         for acc, v in zip(accs, body(loop.index)):
@@ -470,7 +470,7 @@ def max_blocks(typingctx, a, ia, nblocks):
 
     def codegen(context, builder, signature, args):
         a_, ia_, nb_ = args
-        acc = cgutils.alloca_once_value(builder, ir.Constant(_F8, [ir.Constant(ir.FloatType(), 0.0)] * 8))
+        acc = cgutils.alloca_once_value(builder, _const8(0.0))
         with cgutils.for_range(builder, nb_) as loop:
             v = builder.load(_ptr(context, builder, signature.args[0], a_, _at(builder, ia_, loop.index, 8)),
                              align=4)
